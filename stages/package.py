@@ -1,0 +1,118 @@
+"""package: the deployable model folder, with a model card and a checksum manifest.
+
+In:  --int8 (INT8 ONNX + tokenizer), --{prepare,train,evaluate,quantize}-metrics (earlier stages' reports).
+Out: --out: model.onnx (INT8), config.json, tokenizer files, labels.json, MODEL_CARD.md,
+     manifest.json (sha256 and size of every file, the git commit, the data hash).
+Params: all of params.yaml (they are written into the model card).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+from textops import cli
+from textops.errors import PipelineError
+from textops.params import Params, flatten
+
+log = logging.getLogger("textops.package")
+MODEL_FILE = "model.onnx"
+REPORTS = ("prepare", "train", "evaluate", "quantize")
+
+
+def git_state(cwd: Path = Path(".")) -> dict:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return {"commit": "unknown", "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+
+
+def model_card(params: Params, reports: dict, git: dict, created: str) -> str:
+    prep, train, ev, q = (reports[k] for k in REPORTS)
+    lat = q["latency_ms"]
+    rows = [f"| {name} | {ev['per_class'][name]['precision']} | {ev['per_class'][name]['recall']} | "
+            f"{ev['per_class'][name]['support']} |" for name in params.labels]
+    return "\n".join([
+        f"# {params.package.model_name}", "",
+        f"Sentiment classifier ({', '.join(params.labels)}) fine-tuned from `{params.model.name}`, exported to ONNX "
+        f"and quantized to INT8 (dynamic, `{q['quantization_config']}`, per-channel {q['per_channel']}).",
+        f"Created {created} from git commit `{git['commit']}`{' (uncommitted changes)' if git['dirty'] else ''}.", "",
+        "## Data", "",
+        f"- Source: `{prep['source']}` (sha256 `{prep['data_hash']}`)",
+        f"- Rows: train {prep['rows']['train']}, eval {prep['rows']['eval']}; quarantined {prep['quarantined']} "
+        f"({', '.join(f'{k}: {v}' for k, v in prep['quarantine_reasons'].items()) or 'none'})",
+        f"- Validation (Great Expectations): {'passed' if prep['validation_success'] else 'FAILED'}", "",
+        "## Training", "",
+        f"- {train['train_rows']} rows, {params.train.epochs} epoch(s), batch {params.train.batch_size}, "
+        f"lr {params.train.learning_rate}, precision {train['precision']} on {train['device']}",
+        f"- {train['samples_per_second']} samples/s, {train['wall_time_s']} s, peak RSS {train['peak_rss_mb']} MB", "",
+        "## Evaluation (eval split, PyTorch FP32)", "",
+        f"- Accuracy {ev['accuracy']}, macro F1 {ev['macro_f1']}, ECE {ev['ece']} on {ev['examples']} texts", "",
+        "| class | precision | recall | support |", "|---|---|---|---|", *rows, "",
+        "## Quantization (INT8 vs FP32, whole eval split)", "",
+        "| | PyTorch FP32 | ONNX FP32 | ONNX INT8 |", "|---|---|---|---|",
+        f"| accuracy | {q['accuracy']['pytorch_fp32']} | {q['accuracy']['onnx_fp32']} | {q['accuracy']['onnx_int8']} |",
+        f"| size (MB) | {q['size_mb']['pytorch_fp32']} | {q['size_mb']['onnx_fp32']} | {q['size_mb']['onnx_int8']} |",
+        f"| latency p50 (ms) | {lat['pytorch_fp32']['p50']} | {lat['onnx_fp32']['p50']} | {lat['onnx_int8']['p50']} |",
+        f"| latency p99 (ms) | {lat['pytorch_fp32']['p99']} | {lat['onnx_fp32']['p99']} | {lat['onnx_int8']['p99']} |", "",
+        f"Label agreement INT8/FP32 {q['agreement']}, largest probability difference {q['max_prob_diff']}.", "",
+        "## Params", "", "| key | value |", "|---|---|",
+        *[f"| {k} | {str(v).replace('|', '/')} |" for k, v in flatten(params).items()], "",
+        "## Limits", "",
+        "Trained on the data above only; metrics on the bundled sample (a few hundred sentences) say little about "
+        "real-world accuracy. English movie-review style text; texts longer than "
+        f"{params.model.max_length} tokens are truncated.", ""])
+
+
+def run(params: Params, int8: Path, prepare_metrics: Path, train_metrics: Path, evaluate_metrics: Path,
+        quantize_metrics: Path, out: Path) -> None:
+    reports = dict(zip(REPORTS, (prepare_metrics, train_metrics, evaluate_metrics, quantize_metrics)))
+    missing = [str(p) for p in [*reports.values(), int8 / "model_quantized.onnx"] if not p.is_file()]
+    if missing:
+        raise PipelineError(f"package needs the outputs of the earlier stages; missing: {missing} (run `dvc repro`)")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for f in int8.iterdir():
+        if f.name == "ort_config.json":
+            continue
+        shutil.copy2(f, out / (MODEL_FILE if f.name == "model_quantized.onnx" else f.name))
+    cli.write_json(out / "labels.json", params.labels)
+    report_data = {name: cli.read_json(path) for name, path in reports.items()}
+    git = git_state()
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    (out / "MODEL_CARD.md").write_text(model_card(params, report_data, git, created), encoding="utf-8")
+    cli.write_json(out / "manifest.json", {"name": params.package.model_name, "task": params.task,
+                                           "model_file": MODEL_FILE, "labels": params.labels,
+                                           "max_length": params.model.max_length, "git": git, "created": created,
+                                           "data_hash": report_data["prepare"]["data_hash"], "files": manifest(out)})
+    log.info("packaged %d files into %s", len(list(out.iterdir())), out)
+
+
+def main(argv=None) -> int:
+    return cli.main("package", __doc__, ["int8", "prepare-metrics", "train-metrics", "evaluate-metrics", "quantize-metrics", "out"], run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

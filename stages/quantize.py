@@ -1,0 +1,147 @@
+"""quantize: Optimum ONNX export, onnxruntime dynamic INT8, and an INT8-versus-FP32 gate.
+
+In:  --model (train's out), --prepared/eval.parquet.
+Out: --fp32 (model.onnx + tokenizer), --int8 (model_quantized.onnx + tokenizer),
+     --metrics (accuracy of PyTorch FP32, ONNX FP32 and ONNX INT8 on the whole eval split, label
+     agreement, largest probability difference, file sizes, single-request latency p50/p99 of all
+     three measured side by side).
+Params: model.max_length, quantize.*.
+Gate: INT8 accuracy drop over quantize.max_accuracy_drop, or agreement under quantize.min_agreement.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from textops import cli
+from textops.errors import GateFailed
+from textops.inference import OnnxClassifier, TorchClassifier
+from textops.params import Params
+
+log = logging.getLogger("textops.quantize")
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith(("flags", "Features")) for flag in line.split()}
+
+
+def choose_config(requested: str, flags: set[str], machine: str) -> str:
+    """The dynamic-quantization preset that fits this CPU (or the one params name)."""
+    if requested != "auto":
+        return requested
+    if machine.lower() in ("aarch64", "arm64"):
+        return "arm64"
+    if "avx512_vnni" in flags or "avx512vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def nodes_matching(onnx_file: Path, patterns: list[str]) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    return [n.name for n in graph.node if any(re.search(p, n.name) for p in patterns)]
+
+
+def export_and_quantize(model: Path, fp32: Path, int8: Path, config_name: str, per_channel: bool,
+                        exclude: list[str]) -> list[str]:
+    from optimum.onnxruntime import ORTModelForSequenceClassification, ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+    from transformers import AutoTokenizer
+
+    ORTModelForSequenceClassification.from_pretrained(model, export=True).save_pretrained(fp32)
+    excluded = nodes_matching(fp32 / "model.onnx", exclude)
+    config = getattr(AutoQuantizationConfig, config_name)(is_static=False, per_channel=per_channel,
+                                                          nodes_to_exclude=excluded)
+    ORTQuantizer.from_pretrained(fp32).quantize(save_dir=int8, quantization_config=config)
+    for folder in (fp32, int8):
+        AutoTokenizer.from_pretrained(model).save_pretrained(folder)
+    return excluded
+
+
+def latency_ms(predictors: dict, texts: list[str], requests: int, warmup: int) -> dict:
+    """Single-text requests, the backends interleaved per request so they see the same machine state."""
+    timings = {name: [] for name in predictors}
+    for i in range(warmup + requests):
+        text = [texts[i % len(texts)]]
+        for name, predict in predictors.items():
+            started = time.perf_counter()
+            predict(text)
+            if i >= warmup:
+                timings[name].append((time.perf_counter() - started) * 1000)
+    return {name: {"p50": round(float(np.percentile(t, 50)), 3), "p99": round(float(np.percentile(t, 99)), 3)}
+            for name, t in timings.items()}
+
+
+def compare(torch_probs: np.ndarray, onnx_probs: np.ndarray, int8_probs: np.ndarray, labels: np.ndarray) -> dict:
+    acc = {name: round(float((p.argmax(1) == labels).mean()), 4)
+           for name, p in (("pytorch_fp32", torch_probs), ("onnx_fp32", onnx_probs), ("onnx_int8", int8_probs))}
+    return {"accuracy": acc,
+            "accuracy_drop": round(acc["pytorch_fp32"] - acc["onnx_int8"], 4),
+            "agreement": round(float((int8_probs.argmax(1) == torch_probs.argmax(1)).mean()), 4),
+            "max_prob_diff": round(float(np.abs(int8_probs - torch_probs).max()), 4),
+            "onnx_fp32_max_prob_diff": round(float(np.abs(onnx_probs - torch_probs).max()), 5)}
+
+
+def gate(report: dict, max_drop: float, min_agreement: float) -> list[str]:
+    problems = []
+    if report["accuracy_drop"] > max_drop:
+        problems.append(f"INT8 accuracy {report['accuracy']['onnx_int8']} is {report['accuracy_drop']:.4f} below FP32 "
+                        f"{report['accuracy']['pytorch_fp32']}, over quantize.max_accuracy_drop={max_drop}")
+    if report["agreement"] < min_agreement:
+        problems.append(f"INT8 and FP32 agree on {report['agreement']:.2%} of eval labels, under "
+                        f"quantize.min_agreement={min_agreement}")
+    return problems
+
+
+def run(params: Params, model: Path, prepared: Path, fp32: Path, int8: Path, metrics: Path) -> None:
+    q = params.quantize
+    config_name = choose_config(q.config, cpu_flags(), platform.machine())
+    fp32_dir, int8_dir = fp32, int8
+    excluded = export_and_quantize(model, fp32, int8, config_name, q.per_channel, q.exclude_nodes)
+    frame = pd.read_parquet(prepared / "eval.parquet")
+    texts = list(frame["text"])
+    labels = np.array([params.labels.index(y) for y in frame["label"]])
+    torch_model = TorchClassifier(model, params.model.max_length)
+    onnx_fp32 = OnnxClassifier(fp32_dir, "model.onnx", params.model.max_length, q.onnx_threads)
+    onnx_int8 = OnnxClassifier(int8_dir, "model_quantized.onnx", params.model.max_length, q.onnx_threads)
+    report = compare(torch_model.predict_proba(texts), onnx_fp32.predict_proba(texts),
+                     onnx_int8.predict_proba(texts), labels)
+    sizes = {"pytorch_fp32": (model / "model.safetensors").stat().st_size,
+             "onnx_fp32": (fp32_dir / "model.onnx").stat().st_size,
+             "onnx_int8": (int8_dir / "model_quantized.onnx").stat().st_size}
+    report.update({
+        "examples": len(texts), "quantization_config": config_name, "per_channel": q.per_channel,
+        "excluded_nodes": len(excluded), "onnx_threads": q.onnx_threads,
+        "size_mb": {k: round(v / 2**20, 2) for k, v in sizes.items()},
+        "int8_size_ratio": round(sizes["onnx_int8"] / sizes["onnx_fp32"], 4),
+        "latency_ms": latency_ms({"pytorch_fp32": torch_model.predict_proba, "onnx_fp32": onnx_fp32.predict_proba,
+                                  "onnx_int8": onnx_int8.predict_proba}, texts, q.latency_requests, q.latency_warmup),
+    })
+    report["int8_speedup_vs_pytorch_p50"] = round(report["latency_ms"]["pytorch_fp32"]["p50"]
+                                                  / report["latency_ms"]["onnx_int8"]["p50"], 2)
+    cli.write_json(metrics, report)
+    log.info("%s", report)
+    problems = gate(report, q.max_accuracy_drop, q.min_agreement)
+    if problems:
+        raise GateFailed("quantization gate failed:\n  - " + "\n  - ".join(problems))
+
+
+def main(argv=None) -> int:
+    return cli.main("quantize", __doc__, ["model", "prepared", "fp32", "int8", "metrics"], run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

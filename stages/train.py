@@ -1,0 +1,153 @@
+"""train: fine-tune a sequence classifier with the transformers Trainer.
+
+In:  --tokenized/{train,eval}.parquet.
+Out: --out (safetensors model, tokenizer, labels.json), --checkpoints (kept across kills: a rerun
+     resumes from the last one when data and params match), --curve/{loss,eval}.csv (DVC plots),
+     --metrics (samples/s, wall time, peak memory, final eval accuracy).
+Params: seed, labels, model.*, train.*.
+Run: python -m stages.train --tokenized ... --out ... --checkpoints ... --curve ... --metrics ...
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from textops import cli
+from textops.modeling import device_precision, load_classifier, load_tokenizer
+from textops.params import Params
+
+log = logging.getLogger("textops.train")
+
+
+class TokenDataset:
+    """Rows of token ids and a label; the collator pads each batch to its own longest row."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.ids = [list(map(int, row)) for row in frame["input_ids"]]
+        self.labels = frame["label"].astype(int).tolist()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+def accuracy(eval_pred) -> dict:
+    logits, labels = eval_pred
+    return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
+
+
+def fingerprint(params: Params, tokenized: Path) -> str:
+    """Checkpoints are only resumed when the data and every knob that shapes training match."""
+    digest = hashlib.sha256(json.dumps([params.seed, params.labels, params.model.model_dump(),
+                                        params.train.model_dump()], sort_keys=True).encode())
+    for split in ("train", "eval"):
+        digest.update((tokenized / f"{split}.parquet").read_bytes())
+    return digest.hexdigest()
+
+
+def last_checkpoint(checkpoints: Path, stamp_value: str) -> str | None:
+    """The newest checkpoint of this exact run, or None (stale checkpoints are cleared)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    stamp = checkpoints / "fingerprint.txt"
+    if checkpoints.is_dir() and (not stamp.is_file() or stamp.read_text() != stamp_value):
+        log.info("clearing checkpoints of a different run in %s", checkpoints)
+        shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(stamp_value)
+    return get_last_checkpoint(str(checkpoints))
+
+
+def curves(log_history: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    train = pd.DataFrame([{"step": e["step"], "loss": e["loss"], "learning_rate": e.get("learning_rate"),
+                           "grad_norm": e.get("grad_norm")} for e in log_history if "loss" in e])
+    evals = pd.DataFrame([{"step": e["step"], "eval_accuracy": e["eval_accuracy"], "eval_loss": e["eval_loss"]}
+                          for e in log_history if "eval_accuracy" in e])
+    return train, evals
+
+
+def training_args(params: Params, checkpoints: Path, precision: str):
+    from transformers import TrainingArguments
+
+    t = params.train
+    return TrainingArguments(
+        output_dir=str(checkpoints), seed=params.seed, data_seed=params.seed,
+        num_train_epochs=t.epochs, per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.eval_batch_size, learning_rate=t.learning_rate, weight_decay=t.weight_decay,
+        warmup_ratio=t.warmup_ratio, lr_scheduler_type="linear", max_grad_norm=t.max_grad_norm, optim="adamw_torch",
+        group_by_length=t.group_by_length, bf16=precision == "bf16", fp16=precision == "fp16",
+        eval_strategy="steps", eval_steps=t.eval_steps, save_strategy="steps", save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit, logging_strategy="steps", logging_steps=t.logging_steps,
+        report_to=[], dataloader_num_workers=0, disable_tqdm=False)
+
+
+def train(params: Params, tokenized: Path, out: Path, checkpoints: Path) -> dict:
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer
+
+    if params.train.num_threads:
+        torch.set_num_threads(params.train.num_threads)
+    precision = device_precision(params.train.precision)
+    tokenizer = load_tokenizer(params.model.name)
+    model = load_classifier(params.model.name, params.labels)
+    train_set = TokenDataset(pd.read_parquet(tokenized / "train.parquet"))
+    eval_set = TokenDataset(pd.read_parquet(tokenized / "eval.parquet"))
+    resume = last_checkpoint(checkpoints, fingerprint(params, tokenized))
+    trainer = Trainer(model=model, args=training_args(params, checkpoints, precision), train_dataset=train_set,
+                      eval_dataset=eval_set, data_collator=DataCollatorWithPadding(tokenizer),
+                      processing_class=tokenizer, compute_metrics=accuracy)
+    start_step = int(resume.rsplit("-", 1)[-1]) if resume else 0
+    log.info("training %d rows on %s (%s)%s", len(train_set), "cuda" if torch.cuda.is_available() else "cpu",
+             precision, f", resuming from {resume}" if resume else "")
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    wall = time.perf_counter() - started
+    final = trainer.evaluate()
+    trainer.save_model(str(out))  # safetensors, config with id2label
+    tokenizer.save_pretrained(str(out))
+    cli.write_json(out / "labels.json", params.labels)
+    steps_run = trainer.state.global_step - start_step
+    samples = min(steps_run * params.train.batch_size, len(train_set) * params.train.epochs)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    metrics = {
+        "samples_per_second": round(samples / result.metrics["train_runtime"], 2) if steps_run else None,
+        "train_runtime_s": round(result.metrics["train_runtime"], 2), "wall_time_s": round(wall, 2),
+        "train_loss": round(result.training_loss, 4), "eval_accuracy": round(final["eval_accuracy"], 4),
+        "eval_loss": round(final["eval_loss"], 4), "global_step": trainer.state.global_step,
+        "resumed_from_step": start_step, "train_rows": len(train_set), "precision": precision,
+        "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
+        "peak_rss_mb": round(peak_rss, 1),
+        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+    }
+    return {"metrics": metrics, "log_history": trainer.state.log_history + [{"step": trainer.state.global_step, **final}]}
+
+
+def run(params: Params, tokenized: Path, out: Path, checkpoints: Path, curve: Path, metrics: Path) -> None:
+    result = train(params, tokenized, out, checkpoints)
+    loss_curve, eval_curve = curves(result["log_history"])
+    curve.mkdir(parents=True, exist_ok=True)
+    loss_curve.to_csv(curve / "loss.csv", index=False)
+    eval_curve.drop_duplicates("step", keep="last").to_csv(curve / "eval.csv", index=False)
+    cli.write_json(metrics, result["metrics"])
+    # A finished run needs no checkpoints: keep only the fingerprint, so a rerun starts clean.
+    for stale in checkpoints.glob("checkpoint-*"):
+        shutil.rmtree(stale)
+    log.info("done: %s", result["metrics"])
+
+
+def main(argv=None) -> int:
+    return cli.main("train", __doc__, ["tokenized", "out", "checkpoints", "curve", "metrics"], run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""Shared fixtures: a tiny randomly initialised BERT with its tokenizer, tiny labeled data, params."""
+from __future__ import annotations
+
+import copy
+import os
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from textops.params import Params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+POSITIVE = ["good", "great", "wonderful", "charming", "funny", "moving", "brilliant", "delightful"]
+NEGATIVE = ["bad", "awful", "dull", "boring", "tedious", "lifeless", "clumsy", "dreadful"]
+FILLER = ["the", "a", "film", "movie", "plot", "acting", "score", "ending", "was", "is", "very", "truly", "and", "."]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline():
+    # Tests never reach a hub: the machines have no internet, and a test must not depend on it.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def sentences(n_per_class: int, seed: int = 0) -> list[tuple[str, int]]:
+    """Distinct toy reviews whose label is carried by sentiment words, so a tiny model can learn it."""
+    rng = random.Random(seed)
+    rows, seen = [], set()
+    while len(rows) < 2 * n_per_class:
+        label = len(rows) % 2
+        words = rng.sample(FILLER, 4) + rng.sample(POSITIVE if label else NEGATIVE, 2)
+        rng.shuffle(words)
+        text = " ".join(words)
+        if text not in seen:
+            seen.add(text)
+            rows.append((text, label))
+    return rows
+
+
+def write_tsv(path: Path, rows: list[tuple[str, int]]) -> Path:
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and a WordPiece vocabulary of the toy words."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(POSITIVE + NEGATIVE + FILLER))]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def repo_params_raw() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    return write_tsv(tmp_path / "reviews.tsv", sentences(60))
+
+
+@pytest.fixture(scope="session")
+def params_for(repo_params_raw, tiny_model_dir):
+    """Repository params with the tiny model, a given source, and section__key overrides."""
+
+    def make(source: Path | str, **overrides) -> Params:
+        raw = copy.deepcopy(repo_params_raw)
+        raw["model"]["name"] = str(tiny_model_dir)
+        raw["model"]["max_length"] = 16
+        raw["prepare"]["source"] = str(source)
+        raw["train"].update(epochs=3, batch_size=8, learning_rate=3e-3, save_steps=1000, eval_steps=1000,
+                            logging_steps=5, warmup_ratio=0.0)
+        raw["evaluate"]["attention_sentences"] = ["the film was good", "a dull plot"]
+        raw["evaluate"]["min_accuracy"] = 0.0
+        raw["quantize"].update(latency_requests=10, latency_warmup=2, min_agreement=0.0, max_accuracy_drop=1.0)
+        for key, value in overrides.items():
+            section, _, name = key.partition("__")
+            if name:
+                raw[section][name] = value
+            else:
+                raw[section] = value
+        return parse_params(raw)
+
+    return make
+
+
+@pytest.fixture
+def make_params(params_for, tiny_data):
+    def make(**overrides) -> Params:
+        return params_for(tiny_data, **overrides)
+
+    return make

@@ -1,0 +1,79 @@
+"""End to end: `dvc repro` on the bundled sample in a fresh copy of the repository, with the real
+default model (all-MiniLM-L6-v2 from its offline package). Slow: about 3-4 minutes on 2 cores."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = ["prepare", "tokenize", "train", "evaluate", "quantize", "package"]
+pytestmark = pytest.mark.slow
+
+
+def tracked_files(root: Path) -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=root,
+                         capture_output=True, check=True).stdout.decode()
+    return [f for f in out.split("\0") if f and (root / f).is_file()]
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+
+
+def ran(result: subprocess.CompletedProcess) -> list[str]:
+    return [s for s in STAGES if f"Running stage '{s}'" in result.stdout]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("clone")
+    for name in tracked_files(ROOT):
+        if name.startswith(("outputs/", "dvc.lock")):
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def first(repo) -> subprocess.CompletedProcess:
+    return run(["dvc", "repro"], repo)
+
+
+def test_repro_runs_all_six_stages(repo, first):
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert ran(first) == STAGES
+    package = repo / "outputs/sentiment/package"
+    manifest = json.loads((package / "manifest.json").read_text())
+    assert set(manifest["files"]) >= {"model.onnx", "labels.json", "MODEL_CARD.md", "config.json", "tokenizer.json"}
+    quantize = json.loads((repo / "outputs/sentiment/metrics/quantize.json").read_text())
+    assert quantize["int8_size_ratio"] < 0.3
+    evaluate = json.loads((repo / "outputs/sentiment/metrics/evaluate.json").read_text())
+    assert evaluate["accuracy"] >= 0.6  # the params gate; the sample is small, so only a floor
+
+
+def test_second_repro_has_nothing_to_do(repo, first):
+    again = run(["dvc", "repro"], repo)
+    assert again.returncode == 0 and ran(again) == []
+    assert "Data and pipelines are up to date" in again.stdout or "didn't change" in again.stdout
+
+
+def test_quantize_param_reruns_only_quantize_and_package(repo, first):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["quantize"]["latency_requests"] = 50
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = run(["dvc", "repro"], repo)
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert ran(changed) == ["quantize", "package"]

@@ -1,0 +1,105 @@
+"""Each stage's contract on tiny data, run in DAG order once per module (tiny random BERT)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import sentences, write_tsv
+from stages import evaluate, package, prepare, quantize, tokenize, train
+from textops.errors import GateFailed, PipelineError
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, params_for) -> dict:
+    root = tmp_path_factory.mktemp("pipeline")
+    params = params_for(write_tsv(root / "reviews.tsv", sentences(80)))
+    p = {name: root / name for name in ("prepared", "tokenized", "model", "checkpoints", "curve", "figures",
+                                         "fp32", "int8", "package")}
+    m = {name: root / "metrics" / f"{name}.json" for name in ("prepare", "tokenize", "train", "evaluate", "quantize")}
+    prepare.run(params, p["prepared"], m["prepare"])
+    tokenize.run(params, p["prepared"], p["tokenized"], m["tokenize"])
+    train.run(params, p["tokenized"], p["model"], p["checkpoints"], p["curve"], m["train"])
+    evaluate.run(params, p["model"], p["prepared"], m["evaluate"], root / "predictions.csv", p["figures"])
+    quantize.run(params, p["model"], p["prepared"], p["fp32"], p["int8"], m["quantize"])
+    package.run(params, p["int8"], m["prepare"], m["train"], m["evaluate"], m["quantize"], p["package"])
+    return {"params": params, "root": root, **p, "metrics": {k: json.loads(v.read_text()) for k, v in m.items()}}
+
+
+def test_prepare_splits_stratified(pipeline):
+    report = pipeline["metrics"]["prepare"]
+    assert report["rows"] == {"train": 128, "eval": 32}
+    assert report["class_counts"]["eval"] == {"negative": 16, "positive": 16}
+    assert report["validation_success"] is True
+
+
+def test_tokenize_report_counts_truncation(pipeline):
+    report = pipeline["metrics"]["tokenize"]
+    ids = pd.read_parquet(pipeline["tokenized"] / "train.parquet")
+    assert report["train"]["texts"] == len(ids) == 128
+    assert max(len(r) for r in ids["input_ids"]) <= 16
+    assert report["train"]["truncated"] == 0  # toy sentences are 8 tokens with [CLS]/[SEP]
+
+
+def test_train_learns_and_writes_curve(pipeline):
+    metrics = pipeline["metrics"]["train"]
+    # Toy sentiment words carry the label: a tiny BERT must get well above chance in 3 epochs.
+    assert metrics["eval_accuracy"] >= 0.8
+    assert metrics["samples_per_second"] > 0 and metrics["precision"] == "fp32"
+    curve = pd.read_csv(pipeline["curve"] / "loss.csv")
+    assert {"step", "loss", "learning_rate"} <= set(curve.columns) and len(curve) >= 3
+    assert curve["learning_rate"].iloc[-1] < curve["learning_rate"].iloc[0]  # linear decay
+    assert (pipeline["model"] / "model.safetensors").is_file()
+    assert json.loads((pipeline["model"] / "labels.json").read_text()) == ["negative", "positive"]
+    assert not list(pipeline["checkpoints"].glob("checkpoint-*"))  # cleared after a finished run
+
+
+def test_evaluate_report_and_figures(pipeline):
+    report = pipeline["metrics"]["evaluate"]
+    assert report["accuracy"] >= 0.8
+    assert sum(map(sum, report["confusion_matrix"])) == report["examples"] == 32
+    assert 0 <= report["ece"] <= 1
+    assert set(report["per_class"]) == {"negative", "positive"}
+    assert (pipeline["figures"] / "confusion.png").stat().st_size > 1000
+    assert len(list((pipeline["figures"] / "attention").glob("*.png"))) == 2
+
+
+def test_evaluate_gate_fails_below_min_accuracy(pipeline, params_for, tmp_path):
+    # Flipped labels turn a good model into a bad one: the gate must stop it and name the key.
+    flipped = pd.read_parquet(pipeline["prepared"] / "eval.parquet")
+    flipped["label"] = flipped["label"].map({"negative": "positive", "positive": "negative"})
+    (tmp_path / "prepared").mkdir()
+    flipped.to_parquet(tmp_path / "prepared" / "eval.parquet")
+    strict = params_for(pipeline["params"].prepare.source, evaluate__min_accuracy=0.5)
+    with pytest.raises(GateFailed, match="evaluate.min_accuracy=0.5"):
+        evaluate.run(strict, pipeline["model"], tmp_path / "prepared", tmp_path / "m.json", tmp_path / "p.csv",
+                     tmp_path / "fig")
+    assert json.loads((tmp_path / "m.json").read_text())["accuracy"] < 0.5  # reports are written before the gate
+
+
+def test_quantize_report(pipeline):
+    report = pipeline["metrics"]["quantize"]
+    assert report["examples"] == 32
+    assert report["onnx_fp32_max_prob_diff"] < 1e-4  # export is exact up to float noise
+    assert set(report["latency_ms"]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
+    assert (pipeline["int8"] / "model_quantized.onnx").stat().st_size < (pipeline["fp32"] / "model.onnx").stat().st_size
+
+
+def test_package_manifest_matches_files(pipeline):
+    folder = pipeline["package"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["model_file"] == "model.onnx" and manifest["labels"] == ["negative", "positive"]
+    for name, entry in manifest["files"].items():
+        assert package.sha256(folder / name) == entry["sha256"]
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert manifest["data_hash"] in card and "Quantization" in card
+
+
+def test_package_refuses_missing_inputs(pipeline, tmp_path):
+    m = pipeline["root"] / "metrics"
+    with pytest.raises(PipelineError, match="missing"):
+        package.run(pipeline["params"], tmp_path / "nothing", m / "prepare.json", m / "train.json",
+                    m / "evaluate.json", m / "quantize.json", tmp_path / "pkg")

@@ -1,0 +1,1 @@
+"""Library code shared by the pipeline stages, flows and service (no side effects at import)."""

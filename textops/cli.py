@@ -1,0 +1,52 @@
+"""The thin shell every stage's main() shares: argument parsing, logging, user-facing errors."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from textops.errors import PipelineError
+from textops.params import Params, load_params
+
+log = logging.getLogger("textops")
+
+
+def parser(description: str, paths: Sequence[str]) -> argparse.ArgumentParser:
+    """Paths come from dvc.yaml's cmd, so the DAG stays the one place that names them."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    for name in paths:
+        p.add_argument(f"--{name}", required=True, type=Path)
+    return p
+
+
+def main(stage: str, description: str, paths: Sequence[str], run: Callable[..., Any],
+         argv: Sequence[str] | None = None) -> int:
+    args = parser(description, paths).parse_args(argv)
+    # Only our own loggers speak at INFO; libraries (GX logs hundreds of lines) stay at WARNING.
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s {stage} %(levelname)s %(message)s")
+    log.setLevel(logging.INFO)
+    try:
+        params = load_params(args.params)
+        run(params, **{name.replace("-", "_"): getattr(args, name.replace("-", "_")) for name in paths})
+    except PipelineError as error:
+        print(f"error in stage '{stage}': {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+
+

