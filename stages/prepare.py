@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 
 from textops import cli
 from textops.params import Params, PrepareParams
-from textops.sources import RawSplit, Rejected, SourceError, hash_files, locate, read_split
+from textops.sources import RawSplit, Rejected, hash_files, locate, read_split
 from textops.validation import Bounds, ValidationFailed, failures, render_markdown, validate_splits
 
 log = logging.getLogger("textops.prepare")
@@ -85,11 +85,16 @@ def drop_leakage(train: pd.DataFrame, eval_: pd.DataFrame) -> tuple[pd.DataFrame
     return train[~leaked].reset_index(drop=True), rejected
 
 
-def split_eval(frame: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Stratified split for sources that ship no eval split."""
-    counts = frame["label"].value_counts()
-    stratify = frame["label"] if counts.min() >= 2 else None
-    train, eval_ = train_test_split(frame, test_size=fraction, random_state=seed, stratify=stratify)
+def split_eval(frame: pd.DataFrame, fraction: float, seed: int, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified split for sources that ship no eval split (plain random when too small to stratify)."""
+    n, classes = len(frame), frame["label"].nunique()
+    n_eval = max(1, round(n * fraction))
+    if n < 2 or n_eval >= n:
+        raise ValidationFailed(f"{source}: {n} usable row(s) cannot be split into train and eval "
+                               f"(prepare.eval_fraction={fraction}); add rows or give an eval split")
+    can_stratify = frame["label"].value_counts().min() >= 2 and classes <= n_eval <= n - classes
+    train, eval_ = train_test_split(frame, test_size=n_eval, random_state=seed,
+                                    stratify=frame["label"] if can_stratify else None)
     return train.reset_index(drop=True), eval_.reset_index(drop=True)
 
 
@@ -120,7 +125,7 @@ def prepare(params: Params) -> dict:
         splits[name] = frame
         quarantine += rejected + dups
     if "eval" not in splits:
-        splits["train"], splits["eval"] = split_eval(splits["train"], p.eval_fraction, params.seed)
+        splits["train"], splits["eval"] = split_eval(splits["train"], p.eval_fraction, params.seed, str(files["train"]))
     splits["train"], leaked = drop_leakage(splits["train"], splits["eval"])
     quarantine += leaked
     available = len(splits["train"])

@@ -78,8 +78,8 @@ def _columns(path: Path, header: list[str], text_column: str, label_column: str)
 def _read_delimited(path: Path, split: str, text_column: str, label_column: str, delimiter: str) -> RawSplit:
     rejected: list[Rejected] = []
     lines = [(n, s) for n, s in _decoded_lines(path, split, rejected)]
-    while lines and not lines[-1][1].strip():
-        lines.pop()  # a trailing newline is not a row
+    while lines and lines[-1][1] == "":
+        lines.pop()  # a trailing newline is not a row (a line of blanks or tabs is, and gets quarantined)
     if not lines:
         raise SourceError(f"{path}: file is empty")
     if delimiter == "\t":
@@ -132,6 +132,15 @@ def _read_jsonl(path: Path, split: str, text_column: str, label_column: str) -> 
     return RawSplit(split, str(path), _frame(records), rejected)
 
 
+def label_text(label) -> str:
+    """Raw label as text; an integer column holding a null comes back from pandas as floats (1.0)."""
+    if label is None or (isinstance(label, float) and pd.isna(label)):
+        return ""
+    if isinstance(label, float) and label.is_integer():
+        return str(int(label))
+    return str(label).strip()
+
+
 def _read_parquet(path: Path, split: str, text_column: str, label_column: str) -> RawSplit:
     try:
         table = pd.read_parquet(path)
@@ -143,10 +152,11 @@ def _read_parquet(path: Path, split: str, text_column: str, label_column: str) -
     rejected, records = [], []
     for number, (text, label) in enumerate(zip(table[text_column], table[label_column]), start=1):
         if not isinstance(text, str):
-            reason = "empty text (null)" if text is None or pd.isna(text) else "malformed row: text is not a string"
-            rejected.append(Rejected(split, str(path), number, reason, "" if text is None else str(text)))
+            null = text is None or pd.isna(text)
+            reason = "empty text (null)" if null else "malformed row: text is not a string"
+            rejected.append(Rejected(split, str(path), number, reason, "" if null else str(text)))
             continue
-        records.append((text, "" if label is None or pd.isna(label) else str(label).strip(), str(path), number))
+        records.append((text, label_text(label), str(path), number))
     return RawSplit(split, str(path), _frame(records), rejected)
 
 
@@ -183,7 +193,9 @@ def locate(source: str, cache_dir: Path | None = None) -> dict[str, Path]:
         if dev is not None:
             found["eval"] = dev
         return found
-    if HUB_ID.match(source) and not source.startswith((".", "/")):
+    # A Hub id looks like owner/name; a missing local path often does too, so rule those out first.
+    looks_local = path.suffix.lower() in SUFFIXES or source.startswith((".", "/", "~")) or path.parent.is_dir()
+    if HUB_ID.match(source) and not looks_local:
         return locate(str(download_hub_dataset(source, cache_dir)))
     raise SourceError(f"prepare.source '{source}': no such file or folder (and not a Hub dataset id like 'stanfordnlp/sst2')")
 

@@ -209,9 +209,6 @@ def test_empty_file_raises_naming_the_file(tmp_path, suffix):
     assert str(info.value) == f"{src}: file is empty"
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG stages/prepare.py split_eval: a header-only file reaches sklearn train_test_split, "
-                          "which raises a plain ValueError (not a PipelineError, file not named)")
 def test_header_only_file_raises_naming_the_file(tmp_path):
     src = write_tsv(tmp_path / "reviews.tsv", [])
     with pytest.raises(PipelineError) as info:
@@ -431,9 +428,6 @@ def test_parquet_null_text_is_quarantined_with_its_row_number(tmp_path):
     assert len(kept_rows(result)) == 79
 
 
-@pytest.mark.xfail(strict=True, raises=ValidationFailed,
-                   reason="BUG textops/sources.py _read_parquet: a null in an integer label column makes pandas read "
-                          "it as float64, so every label becomes '1.0'/'0.0' and is quarantined as unknown")
 def test_parquet_null_label_quarantines_only_that_row(tmp_path):
     rows = good_rows()
     frame = pd.DataFrame({"sentence": [t for t, _ in rows] + ["a film with no rating"],
@@ -447,9 +441,6 @@ def test_parquet_null_label_quarantines_only_that_row(tmp_path):
     assert len(kept_rows(result)) == 80
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG stages/prepare.py split_eval: too few rows for a stratified eval split raises "
-                          "sklearn's plain ValueError (traceback from main) instead of a PipelineError")
 def test_too_few_rows_for_an_eval_split_is_a_user_error(tmp_path):
     src = write_tsv(tmp_path / "reviews.tsv", tsv_lines(good_rows(2)) + ["good film extra\t1"])  # 5 rows
     try:
