@@ -20,6 +20,7 @@ from textops.inference import TorchClassifier
 from textops.metrics import classification_report
 from textops.params import Params
 from textops.plots import attention_png, confusion_png
+from textops.tracking import ModelRun, numeric
 
 log = logging.getLogger("textops.evaluate")
 
@@ -52,6 +53,12 @@ def run(params: Params, model: Path, prepared: Path, metrics: Path, predictions:
         attention, tokens = last_layer_attention(model, classifier.tokenizer, sentence, params.model.max_length)
         attention_png(attention, tokens, figures / "attention" / f"sentence_{i:02d}.png", sentence)
     cli.write_json(metrics, report)
+    tracker = ModelRun(params.tracking.enabled, params.tracking.experiment).reopen(model)
+    tracker.log_metrics(numeric("eval", {k: v for k, v in report.items() if k != "confusion_matrix"}))
+    tracker.log_artifact(figures, "evaluate")
+    for name in ("validation.json", "validation.md"):  # the Great Expectations result of this data
+        tracker.log_artifact(prepared / name, "data_validation")
+    tracker.log_artifact(metrics, "reports")
     log.info("accuracy %.4f, macro F1 %.4f, ECE %.4f on %d texts", report["accuracy"], report["macro_f1"],
              report["ece"], report["examples"])
     if report["accuracy"] < params.evaluate.min_accuracy:

@@ -4,6 +4,8 @@ In:  --int8 (INT8 ONNX + tokenizer), --{prepare,train,evaluate,quantize}-metrics
 Out: --out: model.onnx (INT8), config.json, tokenizer files, labels.json, MODEL_CARD.md,
      manifest.json (sha256 and size of every file, the git commit, the data hash).
 Params: all of params.yaml (they are written into the model card).
+MLflow: registers the folder as a new version of package.model_name (pyfunc; FP32 model from --model as
+an artifact), aliased `challenger`, with the gate evidence as version tags.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from textops import cli
 from textops.errors import PipelineError
 from textops.params import Params, flatten
+from textops.tracking import ModelRun, dvc_stage_hashes
 
 log = logging.getLogger("textops.package")
 MODEL_FILE = "model.onnx"
@@ -85,7 +88,31 @@ def model_card(params: Params, reports: dict, git: dict, created: str) -> str:
         f"{params.model.max_length} tokens are truncated.", ""])
 
 
-def run(params: Params, int8: Path, prepare_metrics: Path, train_metrics: Path, evaluate_metrics: Path,
+def evidence(reports: dict, git: dict) -> dict[str, str]:
+    """What the promotion gate and a reviewer need, as registry tags on the version."""
+    q = reports["quantize"]
+    return {"task": "sentiment", "eval_accuracy": reports["evaluate"]["accuracy"],
+            "int8_accuracy": q["accuracy"]["onnx_int8"], "fp32_accuracy": q["accuracy"]["pytorch_fp32"],
+            "int8_accuracy_drop": q["accuracy_drop"], "int8_agreement": q["agreement"], "int8_gate": "passed",
+            "latency_ms_p50": q["latency_ms"]["onnx_int8"]["p50"], "size_mb": q["size_mb"]["onnx_int8"],
+            "data_hash": reports["prepare"]["data_hash"], "git_commit": git["commit"]}
+
+
+def register(params: Params, model: Path, out: Path, reports: dict, git: dict) -> None:
+    from textops import registry
+
+    tracker = ModelRun(params.tracking.enabled, params.tracking.experiment).reopen(model)
+    if not tracker.run_id:
+        return
+    tracker.set_tags(dvc_stage_hashes())
+    for path in (out / "MODEL_CARD.md", out / "manifest.json", Path("dvc.lock")):
+        tracker.log_artifact(path, "package")
+    version = registry.register(params.package.model_name, tracker.run_id, out, model, evidence(reports, git))
+    tracker.set_tags({"registered_version": version})
+    log.info("registered %s version %s as '%s'", params.package.model_name, version, registry.CHALLENGER)
+
+
+def run(params: Params, model: Path, int8: Path, prepare_metrics: Path, train_metrics: Path, evaluate_metrics: Path,
         quantize_metrics: Path, out: Path) -> None:
     reports = dict(zip(REPORTS, (prepare_metrics, train_metrics, evaluate_metrics, quantize_metrics)))
     missing = [str(p) for p in [*reports.values(), int8 / "model_quantized.onnx"] if not p.is_file()]
@@ -108,10 +135,11 @@ def run(params: Params, int8: Path, prepare_metrics: Path, train_metrics: Path, 
                                            "max_length": params.model.max_length, "git": git, "created": created,
                                            "data_hash": report_data["prepare"]["data_hash"], "files": manifest(out)})
     log.info("packaged %d files into %s", len(list(out.iterdir())), out)
+    register(params, model, out, report_data, git)
 
 
 def main(argv=None) -> int:
-    return cli.main("package", __doc__, ["int8", "prepare-metrics", "train-metrics", "evaluate-metrics", "quantize-metrics", "out"], run, argv)
+    return cli.main("package", __doc__, ["model", "int8", "prepare-metrics", "train-metrics", "evaluate-metrics", "quantize-metrics", "out"], run, argv)
 
 
 if __name__ == "__main__":

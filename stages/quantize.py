@@ -23,6 +23,7 @@ from textops import cli
 from textops.errors import GateFailed
 from textops.inference import OnnxClassifier, TorchClassifier
 from textops.params import Params
+from textops.tracking import ModelRun, numeric
 
 log = logging.getLogger("textops.quantize")
 
@@ -135,6 +136,10 @@ def run(params: Params, model: Path, prepared: Path, fp32: Path, int8: Path, met
     cli.write_json(metrics, report)
     log.info("%s", report)
     problems = gate(report, q.max_accuracy_drop, q.min_agreement)
+    tracker = ModelRun(params.tracking.enabled, params.tracking.experiment).reopen(model)
+    tracker.log_metrics(numeric("quantize", report))
+    tracker.log_artifact(metrics, "reports")
+    tracker.set_tags({"int8_gate": "failed" if problems else "passed"})
     if problems:
         raise GateFailed("quantization gate failed:\n  - " + "\n  - ".join(problems))
 

@@ -1,9 +1,10 @@
 """train: fine-tune a sequence classifier with the transformers Trainer.
 
-In:  --tokenized/{train,eval}.parquet.
+In:  --tokenized/{train,eval}.parquet, --prepare-metrics (data source and hash, for the MLflow run).
 Out: --out (safetensors model, tokenizer, labels.json), --checkpoints (kept across kills: a rerun
      resumes from the last one when data and params match), --curve/{loss,eval}.csv (DVC plots),
-     --metrics (samples/s, wall time, peak memory, final eval accuracy).
+     --metrics (samples/s, wall time, peak memory, final eval accuracy). Opens the model's MLflow
+     run (params, per-step curves, tags) and records its id in --out/mlflow_run.json.
 Params: seed, labels, model.*, train.*.
 Run: python -m stages.train --tokenized ... --out ... --checkpoints ... --curve ... --metrics ...
 """
@@ -22,7 +23,8 @@ import pandas as pd
 
 from textops import cli
 from textops.modeling import device_precision, load_classifier, load_tokenizer
-from textops.params import Params
+from textops.params import Params, flatten
+from textops.tracking import ModelRun, numeric, write_run_id
 
 log = logging.getLogger("textops.train")
 
@@ -132,13 +134,29 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path) -> dict
     return {"metrics": metrics, "log_history": trainer.state.log_history + [{"step": trainer.state.global_step, **final}]}
 
 
-def run(params: Params, tokenized: Path, out: Path, checkpoints: Path, curve: Path, metrics: Path) -> None:
-    result = train(params, tokenized, out, checkpoints)
+def run(params: Params, tokenized: Path, prepare_metrics: Path, out: Path, checkpoints: Path, curve: Path,
+        metrics: Path) -> None:
+    data = cli.read_json(prepare_metrics)
+    tracker = ModelRun(params.tracking.enabled, params.tracking.experiment).start(
+        run_name=f"{params.task}-{Path(params.model.name).name}",
+        tags={"task": params.task, "data_hash": data["data_hash"], "data_source": data["source"],
+              "base_model": params.model.name})
+    tracker.log_params(flatten(params))
+    try:
+        result = train(params, tokenized, out, checkpoints)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
     loss_curve, eval_curve = curves(result["log_history"])
     curve.mkdir(parents=True, exist_ok=True)
     loss_curve.to_csv(curve / "loss.csv", index=False)
     eval_curve.drop_duplicates("step", keep="last").to_csv(curve / "eval.csv", index=False)
     cli.write_json(metrics, result["metrics"])
+    tracker.log_curve(result["log_history"])
+    tracker.log_metrics(numeric("train", result["metrics"]))
+    if tracker.run_id:
+        write_run_id(out, tracker.run_id, tracker.uri)
+    tracker.finish()
     # A finished run needs no checkpoints: keep only the fingerprint, so a rerun starts clean.
     for stale in checkpoints.glob("checkpoint-*"):
         shutil.rmtree(stale)
@@ -146,7 +164,7 @@ def run(params: Params, tokenized: Path, out: Path, checkpoints: Path, curve: Pa
 
 
 def main(argv=None) -> int:
-    return cli.main("train", __doc__, ["tokenized", "out", "checkpoints", "curve", "metrics"], run, argv)
+    return cli.main("train", __doc__, ["tokenized", "prepare-metrics", "out", "checkpoints", "curve", "metrics"], run, argv)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,16 @@ FILLER = ["the", "a", "film", "movie", "plot", "acting", "score", "ending", "was
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _offline():
+def _offline(tmp_path_factory):
     # Tests never reach a hub: the machines have no internet, and a test must not depend on it.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    # Tracking goes to a store of the test session's own, never the repository's mlflow/.
+    store = tmp_path_factory.mktemp("mlflow") / "db"
+    store.mkdir()
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
 
 
 def sentences(n_per_class: int, seed: int = 0) -> list[tuple[str, int]]:
@@ -104,3 +109,21 @@ def make_params(params_for, tiny_data):
         return params_for(tiny_data, **overrides)
 
     return make
+
+
+def run_all_stages(root: Path, params: Params) -> dict:
+    """prepare -> package in DAG order into `root`, as dvc repro would; returns the paths and metrics."""
+    import json
+
+    from stages import evaluate, package, prepare, quantize, tokenize, train
+
+    p = {name: root / name for name in ("prepared", "tokenized", "model", "checkpoints", "curve", "figures",
+                                         "fp32", "int8", "package")}
+    m = {name: root / "metrics" / f"{name}.json" for name in ("prepare", "tokenize", "train", "evaluate", "quantize")}
+    prepare.run(params, p["prepared"], m["prepare"])
+    tokenize.run(params, p["prepared"], p["tokenized"], m["tokenize"])
+    train.run(params, p["tokenized"], m["prepare"], p["model"], p["checkpoints"], p["curve"], m["train"])
+    evaluate.run(params, p["model"], p["prepared"], m["evaluate"], root / "predictions.csv", p["figures"])
+    quantize.run(params, p["model"], p["prepared"], p["fp32"], p["int8"], m["quantize"])
+    package.run(params, p["model"], p["int8"], m["prepare"], m["train"], m["evaluate"], m["quantize"], p["package"])
+    return {"params": params, "root": root, **p, "metrics": {k: json.loads(v.read_text()) for k, v in m.items()}}

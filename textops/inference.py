@@ -60,7 +60,9 @@ class OnnxClassifier:
         self.inputs = {i.name for i in self.session.get_inputs()}
         config = json.loads((folder / "config.json").read_text())
         self.labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
-        self.max_length = max_length or config.get("max_length") or self.tokenizer.model_max_length
+        manifest = folder / "manifest.json"  # a package folder records the length the model was trained at
+        trained = json.loads(manifest.read_text()).get("max_length") if manifest.is_file() else None
+        self.max_length = max_length or trained or min(self.tokenizer.model_max_length, 512)
 
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)

@@ -90,6 +90,20 @@ class PackageParams(Section):
     model_name: str = "sentiment-classifier"
 
 
+class TrackingParams(Section):
+    enabled: bool = True
+    experiment: str = "sentiment"
+
+
+class PromoteParams(Section):
+    """The registry gate: challenger against champion on the same frozen eval set."""
+
+    accuracy_tolerance: float = Field(0.005, ge=0, le=1)  # challenger may trail the champion by this much
+    min_accuracy: float = Field(0.6, ge=0, le=1)  # absolute floor, also for a first champion
+    max_latency_ms: float = Field(25.0, gt=0)  # INT8 single-request p50 budget
+    max_size_mb: float = Field(40.0, gt=0)  # INT8 model file budget
+
+
 class Params(Section):
     task: Literal["sentiment"] = "sentiment"
     seed: int = 42
@@ -101,6 +115,8 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     quantize: QuantizeParams = QuantizeParams()
     package: PackageParams = PackageParams()
+    tracking: TrackingParams = TrackingParams()
+    promote: PromoteParams = PromoteParams()
 
     @model_validator(mode="after")
     def _label_map_targets_known(self) -> "Params":

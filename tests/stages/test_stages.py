@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import sentences, write_tsv
-from stages import evaluate, package, prepare, quantize, tokenize, train
+from conftest import run_all_stages, sentences, write_tsv
+from stages import evaluate, package
 from textops.errors import GateFailed, PipelineError
 
 
@@ -17,16 +17,7 @@ from textops.errors import GateFailed, PipelineError
 def pipeline(tmp_path_factory, params_for) -> dict:
     root = tmp_path_factory.mktemp("pipeline")
     params = params_for(write_tsv(root / "reviews.tsv", sentences(80)))
-    p = {name: root / name for name in ("prepared", "tokenized", "model", "checkpoints", "curve", "figures",
-                                         "fp32", "int8", "package")}
-    m = {name: root / "metrics" / f"{name}.json" for name in ("prepare", "tokenize", "train", "evaluate", "quantize")}
-    prepare.run(params, p["prepared"], m["prepare"])
-    tokenize.run(params, p["prepared"], p["tokenized"], m["tokenize"])
-    train.run(params, p["tokenized"], p["model"], p["checkpoints"], p["curve"], m["train"])
-    evaluate.run(params, p["model"], p["prepared"], m["evaluate"], root / "predictions.csv", p["figures"])
-    quantize.run(params, p["model"], p["prepared"], p["fp32"], p["int8"], m["quantize"])
-    package.run(params, p["int8"], m["prepare"], m["train"], m["evaluate"], m["quantize"], p["package"])
-    return {"params": params, "root": root, **p, "metrics": {k: json.loads(v.read_text()) for k, v in m.items()}}
+    return run_all_stages(root, params)
 
 
 def test_prepare_splits_stratified(pipeline):
@@ -101,5 +92,5 @@ def test_package_manifest_matches_files(pipeline):
 def test_package_refuses_missing_inputs(pipeline, tmp_path):
     m = pipeline["root"] / "metrics"
     with pytest.raises(PipelineError, match="missing"):
-        package.run(pipeline["params"], tmp_path / "nothing", m / "prepare.json", m / "train.json",
+        package.run(pipeline["params"], pipeline["model"], tmp_path / "nothing", m / "prepare.json", m / "train.json",
                     m / "evaluate.json", m / "quantize.json", tmp_path / "pkg")

@@ -1,0 +1,280 @@
+"""The model registry: register a package as a version, move aliases through a gate, keep an audit log.
+
+Aliases: `challenger` (newest registered), `champion` (what serves), `previous` (the champion before).
+MLflow keeps no history of aliases, so every change is appended to the registered model's tags as
+`audit.NNNNN` (JSON: who, when, alias, from, to, reason, evidence). Changes made by hand in the UI
+are honoured: everything reads the aliases live, and the next change notes the hand-made one.
+"""
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import socket
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib.metadata import version as installed
+from pathlib import Path
+from typing import Any
+
+from textops.errors import GateFailed, PipelineError
+from textops.params import PromoteParams
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+AUDIT = "audit."
+SERVING_PACKAGES = ("mlflow", "onnxruntime", "transformers", "tokenizers", "pandas", "numpy")
+
+
+class RegistryError(PipelineError):
+    """A registry request that cannot be carried out: names the model, version or alias."""
+
+
+def client():
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = os.environ.get("USER", "unknown")
+    return f"{user}@{socket.gethostname()}"
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- audit log and lock
+
+def audit_log(name: str) -> list[dict]:
+    tags = client().get_registered_model(name).tags
+    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(AUDIT))]
+
+
+def record(name: str, alias: str, old: str | None, new: str | None, reason: str, evidence: dict | None = None) -> dict:
+    """Append one alias change to the audit log (call under promotion_lock)."""
+    entries = [k for k in client().get_registered_model(name).tags if k.startswith(AUDIT)]
+    entry = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "who": who(), "alias": alias,
+             "from": old, "to": new, "reason": reason, "evidence": evidence or {}}
+    client().set_registered_model_tag(name, f"{AUDIT}{len(entries) + 1:05d}", json.dumps(entry)[:7500])
+    return entry
+
+
+@contextmanager
+def promotion_lock(name: str, timeout: float = 120.0):
+    """One alias change at a time. A file lock beside a local store; on a server, a lock tag."""
+    import mlflow
+    from filelock import FileLock, Timeout
+
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        lock = FileLock(str(Path(uri.removeprefix("sqlite:///")).with_suffix(f".{name}.promote.lock")))
+        try:
+            with lock.acquire(timeout=timeout):
+                yield
+        except Timeout:
+            raise RegistryError(f"another promotion of '{name}' held the lock for {timeout:.0f} s; try again") from None
+        return
+    # Remote server: best effort (MLflow has no compare-and-set); the token read back detects a race.
+    token = f"{who()}:{os.getpid()}:{time.time()}"
+    deadline = time.monotonic() + timeout
+    while True:
+        held = client().get_registered_model(name).tags.get("promotion_lock")
+        if not held or float(held.rsplit(":", 1)[-1]) < time.time() - 600:
+            client().set_registered_model_tag(name, "promotion_lock", token)
+            time.sleep(0.5)
+            if client().get_registered_model(name).tags.get("promotion_lock") == token:
+                break
+        if time.monotonic() > deadline:
+            raise RegistryError(f"another promotion of '{name}' holds the lock ({held}); try again")
+        time.sleep(1.0)
+    try:
+        yield
+    finally:
+        client().delete_registered_model_tag(name, "promotion_lock")
+
+
+# ---------------------------------------------------------------- aliases
+
+def version_of(name: str, alias: str) -> str | None:
+    """The version an alias points at, or None; an alias whose version was deleted is an error."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client().get_model_version_by_alias(name, alias).version)
+    except MlflowException as error:
+        if "RESOURCE_DOES_NOT_EXIST" not in str(error.error_code) and "not found" not in str(error):
+            raise
+    # MLflow drops an alias with its version: if the log says the alias was set, say what happened.
+    for entry in reversed(audit_log(name)):
+        if entry["alias"] == alias:
+            if entry["to"] is not None:
+                raise RegistryError(f"alias '{alias}' of '{name}' pointed at version {entry['to']}, which no longer "
+                                    f"exists (deleted?). Set it again: `python -m textops.promote promote --version N "
+                                    f"--force --reason ...` or `python -m textops.promote rollback`")
+            break
+    return None
+
+
+def require_version(name: str, version: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_model_version(name, str(version))
+    except MlflowException:
+        raise RegistryError(f"'{name}' has no version {version}") from None
+
+
+def move(name: str, alias: str, new: str | None, reason: str, evidence: dict | None = None) -> None:
+    """Point an alias at a version (or remove it) and log the change (call under promotion_lock)."""
+    try:
+        old = version_of(name, alias)
+    except RegistryError:
+        old = None  # the old version is gone: the log already says so
+    if old == new:
+        return
+    if new is None:
+        client().delete_registered_model_alias(name, alias)
+    else:
+        client().set_registered_model_alias(name, alias, str(new))
+    record(name, alias, old, new, reason, evidence)
+
+
+# ---------------------------------------------------------------- registration
+
+def requirements() -> list[str]:
+    # Explicit: inferring them offline hangs for minutes on Hub look-ups (STACK_NOTES.md).
+    return [f"{p}=={installed(p)}" for p in SERVING_PACKAGES]
+
+
+def register(name: str, run_id: str, package_dir: Path, fp32_dir: Path, evidence: dict[str, str]) -> str:
+    """Log the package as a pyfunc in the run, register it as a new version, tag it, alias challenger."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from textops.inference import OnnxClassifier
+    from textops.pyfunc import ClassifierModel, as_frame
+
+    if not (package_dir / "model.onnx").is_file():
+        raise RegistryError(f"{package_dir}/model.onnx is missing: run the package stage first (dvc repro)")
+    example = pd.DataFrame({"text": ["a charming , funny film .", "a dull mess ."]})
+    output = as_frame(OnnxClassifier(package_dir, "model.onnx").classify(list(example["text"])))
+    version = None
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=ClassifierModel(), artifacts={"package": str(package_dir)},
+                code_paths=[str(Path(__file__).parent)], signature=infer_signature(example, output),
+                input_example=example, pip_requirements=requirements(), registered_model_name=name)
+        version = str(info.registered_model_version)
+        client().log_artifacts(run_id, str(fp32_dir), "fp32_model")
+        for key, value in {**evidence, "fp32_model": f"runs:/{run_id}/fp32_model", "run_id": run_id}.items():
+            client().set_model_version_tag(name, version, key, str(value))
+        with promotion_lock(name):
+            move(name, CHALLENGER, version, "registered by the package stage", evidence)
+    except Exception:
+        if version is not None:  # no half-registered version: drop it when a later step failed
+            client().delete_model_version(name, version)
+        raise
+    return version
+
+
+# ---------------------------------------------------------------- the gate
+
+def accuracy_on(name: str, version: str, eval_path: Path, labels: list[str]) -> float:
+    """Load a version from the registry (as serving would) and score it on the frozen eval set."""
+    import mlflow
+    import pandas as pd
+
+    frame = pd.read_parquet(eval_path)
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    predicted = model.predict(frame[["text"]])["label"]
+    return round(float((predicted.to_numpy() == frame["label"].to_numpy()).mean()), 4)
+
+
+def decide(challenger: dict, champion: dict | None, p: PromoteParams) -> list[str]:
+    """Reasons to refuse the challenger (empty: promote). Pure: evidence in, reasons out."""
+    reasons = []
+    if challenger["accuracy"] < p.min_accuracy:
+        reasons.append(f"accuracy {challenger['accuracy']:.4f} is under the floor promote.min_accuracy={p.min_accuracy} "
+                       f"(short by {p.min_accuracy - challenger['accuracy']:.4f})")
+    if champion is not None and challenger["accuracy"] < champion["accuracy"] - p.accuracy_tolerance:
+        margin = champion["accuracy"] - challenger["accuracy"]
+        reasons.append(f"accuracy {challenger['accuracy']:.4f} trails champion v{champion['version']} "
+                       f"({champion['accuracy']:.4f}) by {margin:.4f}, over promote.accuracy_tolerance="
+                       f"{p.accuracy_tolerance}")
+    if challenger.get("int8_gate") != "passed":
+        reasons.append(f"the INT8-vs-FP32 checks did not pass (int8_gate={challenger.get('int8_gate')})")
+    if float(challenger.get("latency_ms_p50", "inf")) > p.max_latency_ms:
+        reasons.append(f"INT8 p50 latency {challenger.get('latency_ms_p50')} ms is over promote.max_latency_ms="
+                       f"{p.max_latency_ms}")
+    if float(challenger.get("size_mb", "inf")) > p.max_size_mb:
+        reasons.append(f"INT8 model size {challenger.get('size_mb')} MB is over promote.max_size_mb={p.max_size_mb}")
+    return reasons
+
+
+def gate(name: str, eval_path: Path, labels: list[str], p: PromoteParams, version: str | None = None) -> dict:
+    """Challenger (or `version`) against champion on the same eval set; moves aliases on pass."""
+    if not Path(eval_path).is_file():
+        raise RegistryError(f"frozen eval set {eval_path} not found (run `dvc repro` or pass --eval)")
+    with promotion_lock(name):
+        candidate = str(version) if version else version_of(name, CHALLENGER)
+        if candidate is None:
+            raise RegistryError(f"'{name}' has no '{CHALLENGER}' version to judge; run `dvc repro` to register one")
+        tags = require_version(name, candidate).tags
+        champion_version = version_of(name, CHAMPION)
+        if champion_version == candidate:
+            return {"decision": "unchanged", "version": candidate, "reasons": [f"v{candidate} is already champion"]}
+        challenger = {**tags, "version": candidate, "accuracy": accuracy_on(name, candidate, eval_path, labels)}
+        champion = None
+        if champion_version is not None:
+            champion = {"version": champion_version,
+                        "accuracy": accuracy_on(name, champion_version, eval_path, labels)}
+        reasons = decide(challenger, champion, p)
+        evidence = {"eval_set_sha256": file_sha256(eval_path), "challenger_accuracy": challenger["accuracy"],
+                    "champion_accuracy": champion and champion["accuracy"], "champion_version": champion_version}
+        c = client()
+        c.set_model_version_tag(name, candidate, "gate.decision", "refused" if reasons else "promoted")
+        c.set_model_version_tag(name, candidate, "gate.reasons", "; ".join(reasons)[:4900] or "none")
+        c.set_model_version_tag(name, candidate, "gate.evidence", json.dumps(evidence))
+        if reasons:
+            return {"decision": "refused", "version": candidate, "reasons": reasons, "evidence": evidence}
+        if champion_version is not None:
+            move(name, PREVIOUS, champion_version, f"replaced by v{candidate}", evidence)
+        move(name, CHAMPION, candidate, "passed the promotion gate", evidence)
+        if version_of(name, CHALLENGER) == candidate:
+            move(name, CHALLENGER, None, f"v{candidate} became champion")
+        return {"decision": "promoted", "version": candidate, "reasons": [], "evidence": evidence}
+
+
+def force(name: str, version: str, reason: str) -> dict:
+    """The human override: make `version` champion whatever the gate says."""
+    if not reason.strip():
+        raise RegistryError("--force needs --reason \"...\" saying why (it goes into the audit log)")
+    with promotion_lock(name):
+        require_version(name, version)
+        old = version_of(name, CHAMPION)
+        if old == str(version):
+            return {"decision": "unchanged", "version": str(version)}
+        if old is not None:
+            move(name, PREVIOUS, old, f"replaced by forced v{version}")
+        move(name, CHAMPION, str(version), f"forced: {reason}")
+        return {"decision": "forced", "version": str(version), "previous": old}
+
+
+def rollback(name: str, reason: str = "rollback") -> dict:
+    """champion goes back to `previous`; the rolled-back version becomes `previous`, so a second rollback undoes it."""
+    with promotion_lock(name):
+        back_to = version_of(name, PREVIOUS)
+        if back_to is None:
+            raise RegistryError(f"'{name}' has no '{PREVIOUS}' version to roll back to")
+        current = version_of(name, CHAMPION)
+        move(name, CHAMPION, back_to, reason)
+        move(name, PREVIOUS, current, f"rolled back from v{current}")
+        return {"decision": "rolled_back", "version": back_to, "previous": current}
