@@ -104,6 +104,16 @@ class PromoteParams(Section):
     max_size_mb: float = Field(40.0, gt=0)  # INT8 model file budget
 
 
+class OrchestrateParams(Section):
+    """Prefect: per-stage retries and timeout, and the retraining schedule."""
+
+    retries: int = Field(1, ge=0)
+    retry_delay_s: int = Field(10, ge=0)
+    stage_timeout_s: int = Field(3600, ge=10)
+    cron: str = "0 3 * * *"
+    timezone: str = "UTC"
+
+
 class Params(Section):
     task: Literal["sentiment"] = "sentiment"
     seed: int = 42
@@ -117,6 +127,7 @@ class Params(Section):
     package: PackageParams = PackageParams()
     tracking: TrackingParams = TrackingParams()
     promote: PromoteParams = PromoteParams()
+    orchestrate: OrchestrateParams = OrchestrateParams()
 
     @model_validator(mode="after")
     def _label_map_targets_known(self) -> "Params":

@@ -226,7 +226,11 @@ def gate(name: str, eval_path: Path, labels: list[str], p: PromoteParams, versio
     with promotion_lock(name):
         candidate = str(version) if version else version_of(name, CHALLENGER)
         if candidate is None:
-            raise RegistryError(f"'{name}' has no '{CHALLENGER}' version to judge; run `dvc repro` to register one")
+            current = version_of(name, CHAMPION)
+            if current is None:
+                raise RegistryError(f"'{name}' has no '{CHALLENGER}' version to judge; run `dvc repro` to register one")
+            return {"decision": "unchanged", "version": current,
+                    "reasons": [f"no '{CHALLENGER}' waiting; champion v{current} stays"]}
         tags = require_version(name, candidate).tags
         champion_version = version_of(name, CHAMPION)
         if champion_version == candidate:
@@ -243,6 +247,7 @@ def gate(name: str, eval_path: Path, labels: list[str], p: PromoteParams, versio
         c.set_model_version_tag(name, candidate, "gate.decision", "refused" if reasons else "promoted")
         c.set_model_version_tag(name, candidate, "gate.reasons", "; ".join(reasons)[:4900] or "none")
         c.set_model_version_tag(name, candidate, "gate.evidence", json.dumps(evidence))
+        evidence["run_id"] = tags.get("run_id")
         if reasons:
             return {"decision": "refused", "version": candidate, "reasons": reasons, "evidence": evidence}
         if champion_version is not None:

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# SST-2 on CPU, as a new user would run it: the pipeline in a fresh clone (20,000 training rows,
+# one epoch, the issue's INT8 gates), then the plain-Trainer baseline on the same prepared rows.
+# Prints the comparison (bench/compare_sst2.py). About 15 minutes on 2 cores.
+# Run: bash bench/sst2.sh [train_rows] [epochs]     e.g. bash bench/sst2.sh all 3  (the long run)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+rows=${1:-20000}
+epochs=${2:-1}
+data=$(cd "$repo/../shared/data/sst2" && pwd)
+work=$(mktemp -d /tmp/sst2-bench.XXXXXX)
+git clone -q "$repo" "$work/repo"
+cd "$work/repo"
+export HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true
+max_rows=$([ "$rows" = all ] && echo null || echo "$rows")
+start=$(date +%s)
+dvc exp run -S "prepare.source=$data" -S "prepare.max_train_rows=$max_rows" -S "train.epochs=$epochs" \
+  -S quantize.min_agreement=0.99 -S quantize.max_accuracy_drop=0.005 2>&1 | grep -vE "it/s\]|s/it\]" | tail -40
+wall=$(( $(date +%s) - start ))
+echo "pipeline wall time: ${wall} s"
+plain=none
+if [ "${SKIP_PLAIN:-0}" != 1 ]; then
+  python "$repo/bench/plain_trainer.py" --prepared outputs/sentiment/prepared --epochs "$epochs" \
+    --out "$work/plain" 2>/dev/null | tail -1 > "$work/plain.json"
+  plain="$work/plain.json"
+fi
+python "$repo/bench/compare_sst2.py" --metrics outputs/sentiment/metrics --plain "$plain" --wall "$wall"
+echo "work folder: $work (delete when done)"

@@ -1,0 +1,45 @@
+"""Serve the retraining deployment on its cron schedule (params orchestrate.cron), as a long-running process.
+
+Needs a Prefect server (the ephemeral one cannot schedule):
+    prefect server start --host 127.0.0.1            # terminal 1 (SQLite under ~/.prefect)
+    export PREFECT_API_URL=http://127.0.0.1:4200/api
+    python -m pipelines.serve                         # terminal 2: registers and serves the deployment
+    prefect deployment run retrain/sentiment-retrain  # a run by hand
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prefect.schedules import Cron
+
+from pipelines.flows import retrain
+from textops.params import OrchestrateParams, load_params
+
+DEPLOYMENT = "sentiment-retrain"
+
+
+def schedule(settings: OrchestrateParams) -> Cron:
+    return Cron(settings.cron, timezone=settings.timezone)
+
+
+def deployment(repo: Path, task_name: str = "sentiment"):
+    settings = load_params(repo / "params.yaml").orchestrate
+    return retrain.to_deployment(name=DEPLOYMENT if task_name == "sentiment" else f"{task_name}-retrain",
+                                 schedule=schedule(settings), parameters={"task_name": task_name, "repo": str(repo)},
+                                 description=f"Retrain {task_name} when its data changed; cron {settings.cron}",
+                                 tags=[task_name, "dvc"])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repo", type=Path, default=Path("."))
+    ap.add_argument("--task", default="sentiment")
+    args = ap.parse_args(argv)
+    from prefect import serve
+
+    serve(deployment(args.repo.resolve(), args.task))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Prefect flows under prefect_test_harness: real `dvc repro` subprocesses in scratch repositories."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, sentences, write_tsv
+from pipelines.dag import stage_order
+from pipelines.flows import data_hash, pipeline, retrain
+from pipelines.serve import deployment
+
+STAGES = ["prepare", "tokenize", "train", "evaluate", "quantize", "package"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def git_repo(path: Path) -> Path:
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=path, check=True)
+    return path
+
+
+def copy_repo(dest: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for name in files:
+        if name and (ROOT / name).is_file() and not name.startswith(("outputs/", "dvc.lock")):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory, tiny_model_dir) -> Path:
+    """The repository with the tiny model and tiny data in its params.yaml."""
+    repo = copy_repo(tmp_path_factory.mktemp("flowrepo"))
+    data = write_tsv(repo / "data" / "tiny.tsv", sentences(80))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["model"].update(name=str(tiny_model_dir), max_length=16)
+    params["prepare"]["source"] = "data/tiny.tsv"
+    params["train"].update(epochs=3, batch_size=8, learning_rate=3e-3, warmup_ratio=0.0)
+    params["evaluate"]["attention_sentences"] = ["a dull plot"]
+    params["quantize"].update(latency_requests=10, latency_warmup=1, min_agreement=0.0, max_accuracy_drop=1.0)
+    params["promote"].update(max_latency_ms=1000)
+    params["orchestrate"].update(retries=0)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert data.is_file()
+    return git_repo(repo)
+
+
+def test_stage_order_comes_from_dvc_yaml():
+    assert stage_order(ROOT / "dvc.yaml") == STAGES
+    assert stage_order(ROOT / "dvc.yaml", ["evaluate"]) == ["prepare", "tokenize", "train", "evaluate"]
+    with pytest.raises(ValueError, match="unknown stage"):
+        stage_order(ROOT / "dvc.yaml", ["deploy"])
+
+
+def test_flow_runs_every_stage_then_dvc_skips_them(tiny_repo):
+    first = pipeline(repo=str(tiny_repo))
+    assert [s["stage"] for s in first["stages"]] == STAGES
+    assert all(s["ran"] for s in first["stages"])
+    assert first["gate"]["decision"] == "promoted"  # the first model, over the floors
+    assert (tiny_repo / "outputs/sentiment/package/model.onnx").is_file()
+    second = pipeline(repo=str(tiny_repo))
+    assert not any(s["ran"] for s in second["stages"])
+    assert second["gate"]["decision"] == "unchanged"
+
+
+def test_overrides_go_through_dvc_grammar_into_params(tiny_repo):
+    pipeline(repo=str(tiny_repo), overrides=["quantize.latency_requests=12"], gate=False)
+    assert yaml.safe_load((tiny_repo / "params.yaml").read_text())["quantize"]["latency_requests"] == 12
+    lock = yaml.safe_load((tiny_repo / "dvc.lock").read_text())
+    assert lock["stages"]["quantize"]["params"]["params.yaml"]["quantize"]["latency_requests"] == 12
+
+
+def test_retrain_skips_when_the_data_is_unchanged(tiny_repo):
+    from prefect.variables import Variable
+
+    Variable.set("sentiment-last-trained-data-sha256", data_hash(tiny_repo, "data/tiny.tsv"), overwrite=True)
+    state = retrain(repo=str(tiny_repo), return_state=True)
+    assert state.is_completed() and state.name == "Skipped" and "unchanged" in state.message
+
+
+def test_retrain_runs_when_the_data_changed(tiny_repo):
+    from prefect.variables import Variable
+
+    Variable.set("sentiment-last-trained-data-sha256", "0" * 64, overwrite=True)
+    result = retrain(repo=str(tiny_repo), overrides=[])
+    assert [s["stage"] for s in result["stages"]] == STAGES
+    assert Variable.get("sentiment-last-trained-data-sha256") == data_hash(tiny_repo, "data/tiny.tsv")
+
+
+def scratch(tmp_path: Path, cmd: str, retries: int) -> Path:
+    repo = tmp_path / "scratch"
+    repo.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["orchestrate"].update(retries=retries, retry_delay_s=0)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"flaky": {"cmd": cmd, "outs": ["out.txt"]}}}))
+    (repo / "flaky.py").write_text(
+        "import pathlib, sys\n"
+        "mark = pathlib.Path('.attempted')\n"
+        "if not mark.exists():\n"
+        "    mark.write_text('1'); print('transient failure: the disk was busy'); sys.exit(3)\n"
+        "pathlib.Path('out.txt').write_text('ok')\n")
+    (repo / ".gitignore").write_text(".attempted\n")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
+    return git_repo(repo)
+
+
+def test_a_transient_failure_is_retried(tmp_path):
+    repo = scratch(tmp_path, "python flaky.py", retries=1)
+    result = pipeline(repo=str(repo), gate=False)
+    assert result["stages"][0]["ran"] and (repo / "out.txt").read_text() == "ok"
+
+
+def test_a_failing_stage_fails_the_flow_with_its_error(tmp_path):
+    repo = scratch(tmp_path, "python -c \"raise SystemExit('boom: the source file is empty')\"", retries=0)
+    state = pipeline(repo=str(repo), gate=False, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="boom: the source file is empty"):
+        state.result()
+
+
+def test_schedule_comes_from_params(tiny_repo):
+    params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
+    dep = deployment(tiny_repo)
+    assert dep.name == "sentiment-retrain"
+    assert dep.schedules[0].schedule.cron == params["orchestrate"]["cron"]
+    assert dep.schedules[0].schedule.timezone == params["orchestrate"]["timezone"]
