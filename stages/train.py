@@ -58,16 +58,21 @@ def fingerprint(params: Params, tokenized: Path) -> str:
 
 
 def last_checkpoint(checkpoints: Path, stamp_value: str) -> str | None:
-    """The newest checkpoint of this exact run, or None (stale checkpoints are cleared)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest complete checkpoint of this exact run, or None (stale ones are cleared)."""
     stamp = checkpoints / "fingerprint.txt"
     if checkpoints.is_dir() and (not stamp.is_file() or stamp.read_text() != stamp_value):
         log.info("clearing checkpoints of a different run in %s", checkpoints)
         shutil.rmtree(checkpoints)
     checkpoints.mkdir(parents=True, exist_ok=True)
     stamp.write_text(stamp_value)
-    return get_last_checkpoint(str(checkpoints))
+    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for candidate in found:
+        # trainer_state.json is written last: a kill in mid-save leaves a checkpoint without it.
+        if (candidate / "trainer_state.json").is_file():
+            return str(candidate)
+        log.info("ignoring incomplete checkpoint %s", candidate)
+        shutil.rmtree(candidate)
+    return None
 
 
 def curves(log_history: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:

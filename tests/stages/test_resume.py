@@ -1,0 +1,63 @@
+"""train resumes from its last checkpoint when rerun after a kill (and starts over when params change)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from conftest import ROOT, sentences, write_tsv
+from stages import prepare, tokenize
+
+
+def train_cmd(root: Path, params_file: Path) -> list[str]:
+    return [sys.executable, "-m", "stages.train", "--params", str(params_file), "--tokenized", str(root / "tok"),
+            "--prepare-metrics", str(root / "prepare.json"), "--out", str(root / "model"),
+            "--checkpoints", str(root / "ckpt"), "--curve", str(root / "curve"), "--metrics", str(root / "train.json")]
+
+
+def test_rerun_after_kill_resumes_from_last_checkpoint(tmp_path, params_for):
+    params = params_for(write_tsv(tmp_path / "reviews.tsv", sentences(40)), tracking__enabled=False,
+                        train__epochs=60, train__save_steps=5, train__save_total_limit=2)
+    prepare.run(params, tmp_path / "prepared", tmp_path / "prepare.json")
+    tokenize.run(params, tmp_path / "prepared", tmp_path / "tok", tmp_path / "tokenize.json")
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params.model_dump()))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    proc = subprocess.Popen(train_cmd(tmp_path, params_file), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not any(int(p.name.split("-")[1]) >= 10 for p in (tmp_path / "ckpt").glob("checkpoint-*")):
+        assert proc.poll() is None, "training finished before it could be killed; raise epochs"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the checkpoint finish writing (Trainer writes then renames nothing: give it a moment)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "train.json").exists()
+
+    done = subprocess.run(train_cmd(tmp_path, params_file), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "train.json").read_text())
+    assert metrics["resumed_from_step"] >= 10
+    assert metrics["global_step"] == 60 * 64 // 8  # the whole schedule: 64 train rows, batch 8, 60 epochs
+    assert "resuming from" in done.stderr
+
+
+def test_changed_params_clear_stale_checkpoints(tmp_path):
+    from stages.train import last_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "checkpoint-5").mkdir(parents=True)
+    (ckpt / "fingerprint.txt").write_text("old")
+    assert last_checkpoint(ckpt, "new") is None and not (ckpt / "checkpoint-5").exists()
+    (ckpt / "checkpoint-7").mkdir()
+    (ckpt / "checkpoint-7" / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(ckpt, "new").endswith("checkpoint-7")
