@@ -3,8 +3,8 @@
 Needs a Prefect server (the ephemeral one cannot schedule):
     prefect server start --host 127.0.0.1            # terminal 1 (SQLite under ~/.prefect)
     export PREFECT_API_URL=http://127.0.0.1:4200/api
-    python -m pipelines.serve                         # terminal 2: registers and serves the deployment
-    prefect deployment run retrain/sentiment-retrain  # a run by hand
+    python -m pipelines.serve                         # terminal 2: registers and serves both deployments
+    prefect deployment run pipeline/sentiment-pipeline  # a run by hand (retrain/sentiment-retrain runs on cron)
 """
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from pathlib import Path
 
 from prefect.schedules import Cron
 
-from pipelines.flows import retrain
+from pipelines.flows import pipeline, retrain
 from textops.params import OrchestrateParams, load_params
 
 DEPLOYMENT = "sentiment-retrain"
+PIPELINE_DEPLOYMENT = "sentiment-pipeline"
 
 
 def schedule(settings: OrchestrateParams) -> Cron:
@@ -31,6 +32,13 @@ def deployment(repo: Path, task_name: str = "sentiment"):
                                  tags=[task_name, "dvc"])
 
 
+def on_demand(repo: Path, task_name: str = "sentiment"):
+    """The pipeline flow without a schedule: for runs by hand (prefect deployment run pipeline/...)."""
+    return pipeline.to_deployment(name=f"{task_name}-pipeline", parameters={"task_name": task_name, "repo": str(repo)},
+                                  description=f"Run the {task_name} DAG now (DVC skips what is unchanged)",
+                                  tags=[task_name, "dvc"])
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", type=Path, default=Path("."))
@@ -38,7 +46,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     from prefect import serve
 
-    serve(deployment(args.repo.resolve(), args.task))
+    serve(deployment(args.repo.resolve(), args.task), on_demand(args.repo.resolve(), args.task))
 
 
 if __name__ == "__main__":
