@@ -38,12 +38,29 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         pass
 
 
+def reap_orphans(pgid_file: Path, log) -> None:
+    """A flow killed mid-stage can leave the stage's processes running: stop them before going on."""
+    if not pgid_file.is_file():
+        return
+    try:
+        pgid = int(pgid_file.read_text().strip())
+        os.killpg(pgid, signal.SIGKILL)
+        log.warning("stopped processes left running by a killed earlier run (process group %d)", pgid)
+    except (ValueError, ProcessLookupError, PermissionError):
+        pass
+    pgid_file.unlink(missing_ok=True)
+
+
 def stream(cmd: list[str], cwd: Path, timeout_s: float, log, prefix: str) -> tuple[int, list[str], float]:
     """Run a command, sending each output line (progress bars included, throttled) to the log."""
     started = time.perf_counter()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    pgid_file = cwd / ".dvc" / "tmp" / "orchestrator.pgid"
+    reap_orphans(pgid_file, log)
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True, preexec_fn=_die_with_parent)
+    pgid_file.parent.mkdir(parents=True, exist_ok=True)
+    pgid_file.write_text(str(proc.pid))  # its own session: the pid is the process group id
     killed = threading.Event()
 
     def kill() -> None:
@@ -72,6 +89,7 @@ def stream(cmd: list[str], cwd: Path, timeout_s: float, log, prefix: str) -> tup
         code = proc.wait()
     finally:
         timer.cancel()
+        pgid_file.unlink(missing_ok=True)
     if killed.is_set():
         tail.append(f"killed after the stage timeout of {timeout_s:.0f} s (orchestrate.stage_timeout_s)")
         code = code or -signal.SIGTERM

@@ -12,30 +12,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
 from textops import cli
 from textops.errors import PipelineError
 from textops.params import Params, flatten
-from textops.tracking import ModelRun, dvc_stage_hashes
+from textops.tracking import ModelRun, dvc_stage_hashes, git_state
 
 log = logging.getLogger("textops.package")
 MODEL_FILE = "model.onnx"
 REPORTS = ("prepare", "train", "evaluate", "quantize")
-
-
-def git_state(cwd: Path = Path(".")) -> dict:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return {"commit": "unknown", "dirty": None}
-    return {"commit": commit, "dirty": dirty}
 
 
 def sha256(path: Path) -> str:
@@ -88,10 +75,10 @@ def model_card(params: Params, reports: dict, git: dict, created: str) -> str:
         f"{params.model.max_length} tokens are truncated.", ""])
 
 
-def evidence(reports: dict, git: dict) -> dict[str, str]:
+def evidence(task: str, reports: dict, git: dict) -> dict[str, str]:
     """What the promotion gate and a reviewer need, as registry tags on the version."""
     q = reports["quantize"]
-    return {"task": "sentiment", "eval_accuracy": reports["evaluate"]["accuracy"],
+    return {"task": task, "eval_accuracy": reports["evaluate"]["accuracy"],
             "int8_accuracy": q["accuracy"]["onnx_int8"], "fp32_accuracy": q["accuracy"]["pytorch_fp32"],
             "int8_accuracy_drop": q["accuracy_drop"], "int8_agreement": q["agreement"], "int8_gate": "passed",
             "latency_ms_p50": q["latency_ms"]["onnx_int8"]["p50"], "size_mb": q["size_mb"]["onnx_int8"],
@@ -107,7 +94,7 @@ def register(params: Params, model: Path, out: Path, reports: dict, git: dict) -
     tracker.set_tags(dvc_stage_hashes())
     for path in (out / "MODEL_CARD.md", out / "manifest.json", Path("dvc.lock")):
         tracker.log_artifact(path, "package")
-    version = registry.register(params.package.model_name, tracker.run_id, out, model, evidence(reports, git))
+    version = registry.register(params.package.model_name, tracker.run_id, out, model, evidence(params.task, reports, git))
     tracker.set_tags({"registered_version": version})
     log.info("registered %s version %s as '%s'", params.package.model_name, version, registry.CHALLENGER)
 
@@ -139,7 +126,8 @@ def run(params: Params, model: Path, int8: Path, prepare_metrics: Path, train_me
 
 
 def main(argv=None) -> int:
-    return cli.main("package", __doc__, ["model", "int8", "prepare-metrics", "train-metrics", "evaluate-metrics", "quantize-metrics", "out"], run, argv)
+    paths = ["model", "int8", "prepare-metrics", "train-metrics", "evaluate-metrics", "quantize-metrics", "out"]
+    return cli.main("package", __doc__, paths, run, argv)
 
 
 if __name__ == "__main__":

@@ -57,16 +57,29 @@ def nodes_matching(onnx_file: Path, patterns: list[str]) -> list[str]:
 
 
 def export_and_quantize(model: Path, fp32: Path, int8: Path, config_name: str, per_channel: bool,
-                        exclude: list[str]) -> list[str]:
-    from optimum.onnxruntime import ORTModelForSequenceClassification, ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+                        exclude: list[str], optimize: bool) -> list[str]:
+    """Optimum export to fp32/, then (optionally O1 graph fusions and) dynamic INT8 into int8/."""
+    import tempfile
+
+    from optimum.onnxruntime import ORTModelForSequenceClassification, ORTOptimizer, ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoOptimizationConfig, AutoQuantizationConfig
     from transformers import AutoTokenizer
 
     ORTModelForSequenceClassification.from_pretrained(model, export=True).save_pretrained(fp32)
-    excluded = nodes_matching(fp32 / "model.onnx", exclude)
-    config = getattr(AutoQuantizationConfig, config_name)(is_static=False, per_channel=per_channel,
-                                                          nodes_to_exclude=excluded)
-    ORTQuantizer.from_pretrained(fp32).quantize(save_dir=int8, quantization_config=config)
+    with tempfile.TemporaryDirectory() as scratch:
+        source, file_name = fp32, "model.onnx"
+        if optimize:
+            # O1 (constant folding, redundant-node removal, basic fusions) is exact in fp32 and made
+            # INT8 single requests ~25% faster here; O2's fused attention breaks the quantizer.
+            ORTOptimizer.from_pretrained(fp32).optimize(AutoOptimizationConfig.O1(), scratch)
+            source, file_name = Path(scratch), "model_optimized.onnx"
+        excluded = nodes_matching(source / file_name, exclude)
+        config = getattr(AutoQuantizationConfig, config_name)(is_static=False, per_channel=per_channel,
+                                                              nodes_to_exclude=excluded)
+        ORTQuantizer.from_pretrained(source, file_name=file_name).quantize(save_dir=int8, quantization_config=config)
+    produced = [p for p in int8.glob("*.onnx")]
+    if produced and produced[0].name != "model_quantized.onnx":
+        produced[0].rename(int8 / "model_quantized.onnx")
     for folder in (fp32, int8):
         AutoTokenizer.from_pretrained(model).save_pretrained(folder)
     return excluded
@@ -111,7 +124,7 @@ def run(params: Params, model: Path, prepared: Path, fp32: Path, int8: Path, met
     q = params.quantize
     config_name = choose_config(q.config, cpu_flags(), platform.machine())
     fp32_dir, int8_dir = fp32, int8
-    excluded = export_and_quantize(model, fp32, int8, config_name, q.per_channel, q.exclude_nodes)
+    excluded = export_and_quantize(model, fp32, int8, config_name, q.per_channel, q.exclude_nodes, q.optimize)
     frame = pd.read_parquet(prepared / "eval.parquet")
     texts = list(frame["text"])
     labels = np.array([params.labels.index(y) for y in frame["label"]])
@@ -125,7 +138,7 @@ def run(params: Params, model: Path, prepared: Path, fp32: Path, int8: Path, met
              "onnx_int8": (int8_dir / "model_quantized.onnx").stat().st_size}
     report.update({
         "examples": len(texts), "quantization_config": config_name, "per_channel": q.per_channel,
-        "excluded_nodes": len(excluded), "onnx_threads": q.onnx_threads,
+        "excluded_nodes": len(excluded), "onnx_threads": q.onnx_threads, "optimized": q.optimize,
         "size_mb": {k: round(v / 2**20, 2) for k, v in sizes.items()},
         "int8_size_ratio": round(sizes["onnx_int8"] / sizes["onnx_fp32"], 4),
         "latency_ms": latency_ms({"pytorch_fp32": torch_model.predict_proba, "onnx_fp32": onnx_fp32.predict_proba,

@@ -77,6 +77,7 @@ class EvaluateParams(Section):
 class QuantizeParams(Section):
     config: Literal["auto", "avx512_vnni", "avx512", "avx2", "arm64"] = "auto"
     per_channel: bool = True
+    optimize: bool = True  # ORT O1 graph optimization before quantizing
     # Regexes over ONNX node names kept in FP32 (see params.yaml for why).
     exclude_nodes: list[str] = Field(default_factory=list)
     max_accuracy_drop: float = Field(0.005, ge=0, le=1)

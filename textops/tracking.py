@@ -47,15 +47,20 @@ def configure(experiment: str) -> str:
     return uri
 
 
-def git_tags(cwd: Path = ROOT) -> dict[str, str]:
+def git_state(cwd: Path = Path(".")) -> dict:
+    """The commit the code ran from, and whether tracked files had uncommitted changes."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
-        return {"git_commit": git("rev-parse", "HEAD"),
-                "git_dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower()}
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
     except (subprocess.CalledProcessError, FileNotFoundError):
-        return {"git_commit": "unknown", "git_dirty": "unknown"}
+        return {"commit": "unknown", "dirty": None}
+
+
+def git_tags() -> dict[str, str]:
+    state = git_state()
+    return {"git_commit": state["commit"], "git_dirty": str(state["dirty"]).lower()}
 
 
 def dvc_stage_hashes(lock: Path = ROOT / "dvc.lock") -> dict[str, str]:

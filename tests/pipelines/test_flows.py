@@ -140,3 +140,41 @@ def test_schedule_comes_from_params(tiny_repo):
     assert dep.name == "sentiment-retrain"
     assert dep.schedules[0].schedule.cron == params["orchestrate"]["cron"]
     assert dep.schedules[0].schedule.timezone == params["orchestrate"]["timezone"]
+
+
+def test_a_run_killed_mid_stage_leaves_dvc_usable(tmp_path):
+    import os
+    import signal
+    import sys
+    import time
+
+    repo = tmp_path / "killed"
+    repo.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["orchestrate"].update(retries=0)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"slow": {"cmd": "python slow.py", "outs": ["out.txt"]}}}))
+    (repo / "slow.py").write_text(
+        "import pathlib, time\n"
+        "mark = pathlib.Path('.started')\n"
+        "if not mark.exists():\n"
+        "    mark.write_text('1'); time.sleep(300)\n"
+        "pathlib.Path('out.txt').write_text('ok')\n")
+    (repo / ".gitignore").write_text(".started\n")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
+    git_repo(repo)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    flow = subprocess.Popen([sys.executable, "-c", f"from pipelines.flows import pipeline; pipeline(repo={str(repo)!r}, "
+                             "gate=False)"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not (repo / ".started").exists():
+        assert flow.poll() is None and time.monotonic() < deadline, "the stage never started"
+        time.sleep(0.5)
+    flow.send_signal(signal.SIGKILL)  # no cleanup at all in the flow process
+    flow.wait()
+    result = pipeline(repo=str(repo), gate=False)  # must not hang on DVC's lock or race the orphan
+    assert result["stages"][0]["ran"] and (repo / "out.txt").read_text() == "ok"
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", "python slow.py"], capture_output=True, text=True).stdout.split()
+    assert not left, f"stage processes still running: {left}"
