@@ -46,9 +46,54 @@ def reap_orphans(pgid_file: Path, log) -> None:
         pgid = int(pgid_file.read_text().strip())
         os.killpg(pgid, signal.SIGKILL)
         log.warning("stopped processes left running by a killed earlier run (process group %d)", pgid)
+        deadline = time.monotonic() + 10
+        while _alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
     except (ValueError, ProcessLookupError, PermissionError):
         pass
     pgid_file.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, killed but not yet reaped by its new parent, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+
+
+def release_stale_dvc_locks(repo: Path, log) -> None:
+    """Drop entries of dead processes from DVC's rwlock (what DVC's own error asks a person to do).
+
+    A dvc process killed without cleanup leaves its pid in .dvc/tmp/rwlock, and every later
+    `dvc repro` refuses to start until the file is removed by hand.
+    """
+    path = repo / ".dvc" / "tmp" / "rwlock"
+    if not path.is_file():
+        return
+    try:
+        locks = json.loads(path.read_text() or "{}")
+    except ValueError:
+        return
+    dropped = 0
+    for mode in ("read", "write"):
+        for target, holders in list(locks.get(mode, {}).items()):
+            entries = holders if isinstance(holders, list) else [holders]
+            live = [e for e in entries if _alive(int(e.get("pid", 0)))]
+            dropped += len(entries) - len(live)
+            if not live:
+                del locks[mode][target]
+            else:
+                locks[mode][target] = live if isinstance(holders, list) else live[0]
+    if dropped:
+        path.write_text(json.dumps(locks))
+        log.warning("released %d DVC lock(s) held by processes that no longer exist", dropped)
 
 
 def stream(cmd: list[str], cwd: Path, timeout_s: float, log, prefix: str) -> tuple[int, list[str], float]:
@@ -57,6 +102,7 @@ def stream(cmd: list[str], cwd: Path, timeout_s: float, log, prefix: str) -> tup
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     pgid_file = cwd / ".dvc" / "tmp" / "orchestrator.pgid"
     reap_orphans(pgid_file, log)
+    release_stale_dvc_locks(cwd, log)
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True, preexec_fn=_die_with_parent)
     pgid_file.parent.mkdir(parents=True, exist_ok=True)

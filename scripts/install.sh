@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
-"${pip[@]}" install torch==2.13.0 2>&1 | grep -v "is ignored: it is neither" || true
-"${pip[@]}" install --no-deps -r requirements.lock
+quiet() { { grep -v "is ignored: it is neither" || true; }; }  # this machine's pip config lists absent local indexes
+"${pip[@]}" install torch==2.13.0 2>&1 | quiet
+"${pip[@]}" install --no-deps -r requirements.lock 2>&1 | quiet
 "${pip[@]}" check
 # DVC's analytics child crashes offline and litters /tmp (STACK_NOTES.md).
 if [ -d .dvc ]; then
