@@ -6,6 +6,7 @@ evaluate, quantize and package reopen that run, so a stage DVC skips logs nothin
 """
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import subprocess
@@ -127,7 +128,8 @@ class ModelRun:
             self.uri = configure(self.experiment)
             self.run_id = mlflow.MlflowClient().create_run(
                 mlflow.get_experiment_by_name(self.experiment).experiment_id, run_name=run_name,
-                tags={**git_tags(), **tags}).info.run_id
+                tags={**git_tags(), "mlflow.user": getpass.getuser(), "mlflow.source.name": "dvc repro (stages.train)",
+                      **tags}).info.run_id
         return self
 
     def reopen(self, model_dir: Path) -> "ModelRun":
