@@ -101,27 +101,35 @@ def test_retrain_runs_when_the_data_changed(tiny_repo):
     assert Variable.get("sentiment-last-trained-data-sha256") == data_hash(tiny_repo, "data/tiny.tsv")
 
 
-def scratch(tmp_path: Path, cmd: str, retries: int) -> Path:
+FLAKY = ("import pathlib, sys\n"
+         "mark = pathlib.Path('.started')\n"
+         "if not mark.exists():\n"
+         "    mark.write_text('1'); print('transient failure: the disk was busy'); sys.exit(3)\n"
+         "pathlib.Path('out.txt').write_text('ok')\n")
+SLOW = ("import pathlib, time\n"
+        "mark = pathlib.Path('.started')\n"
+        "if not mark.exists():\n"
+        "    mark.write_text('1'); time.sleep(300)\n"
+        "pathlib.Path('out.txt').write_text('ok')\n")
+
+
+def scratch(tmp_path: Path, cmd: str, retries: int, script: str = FLAKY) -> Path:
+    """A one-stage DVC repository whose stage runs `cmd` (step.py holds `script`)."""
     repo = tmp_path / "scratch"
     repo.mkdir()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["orchestrate"].update(retries=retries, retry_delay_s=0)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"flaky": {"cmd": cmd, "outs": ["out.txt"]}}}))
-    (repo / "flaky.py").write_text(
-        "import pathlib, sys\n"
-        "mark = pathlib.Path('.attempted')\n"
-        "if not mark.exists():\n"
-        "    mark.write_text('1'); print('transient failure: the disk was busy'); sys.exit(3)\n"
-        "pathlib.Path('out.txt').write_text('ok')\n")
-    (repo / ".gitignore").write_text(".attempted\n")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"step": {"cmd": cmd, "outs": ["out.txt"]}}}))
+    (repo / "step.py").write_text(script)
+    (repo / ".gitignore").write_text(".started\n")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
     return git_repo(repo)
 
 
 def test_a_transient_failure_is_retried(tmp_path):
-    repo = scratch(tmp_path, "python flaky.py", retries=1)
+    repo = scratch(tmp_path, "python step.py", retries=1)
     result = pipeline(repo=str(repo), gate=False)
     assert result["stages"][0]["ran"] and (repo / "out.txt").read_text() == "ok"
 
@@ -148,22 +156,7 @@ def test_a_run_killed_mid_stage_leaves_dvc_usable(tmp_path):
     import sys
     import time
 
-    repo = tmp_path / "killed"
-    repo.mkdir()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["orchestrate"].update(retries=0)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"slow": {"cmd": "python slow.py", "outs": ["out.txt"]}}}))
-    (repo / "slow.py").write_text(
-        "import pathlib, time\n"
-        "mark = pathlib.Path('.started')\n"
-        "if not mark.exists():\n"
-        "    mark.write_text('1'); time.sleep(300)\n"
-        "pathlib.Path('out.txt').write_text('ok')\n")
-    (repo / ".gitignore").write_text(".started\n")
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
-    git_repo(repo)
+    repo = scratch(tmp_path, "python step.py", retries=0, script=SLOW)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     flow = subprocess.Popen([sys.executable, "-c", f"from pipelines.flows import pipeline; pipeline(repo={str(repo)!r}, "
                              "gate=False)"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -176,5 +169,5 @@ def test_a_run_killed_mid_stage_leaves_dvc_usable(tmp_path):
     result = pipeline(repo=str(repo), gate=False)  # must not hang on DVC's lock or race the orphan
     assert result["stages"][0]["ran"] and (repo / "out.txt").read_text() == "ok"
     time.sleep(0.5)
-    left = subprocess.run(["pgrep", "-f", "python slow.py"], capture_output=True, text=True).stdout.split()
+    left = subprocess.run(["pgrep", "-f", "python step.py"], capture_output=True, text=True).stdout.split()
     assert not left, f"stage processes still running: {left}"
