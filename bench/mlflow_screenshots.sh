@@ -25,10 +25,16 @@ read -r exp run <<<"$ids"
 shot() {  # url file
   chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
     --disable-component-update --disable-sync --user-data-dir="$(mktemp -d)" --window-size=1400,1000 \
-    --virtual-time-budget=15000 --screenshot="$2" "$1" 2>/dev/null
+    --run-all-compositor-stages-before-draw --virtual-time-budget=${BUDGET_MS:-60000} --screenshot="$2" "$1" 2>/dev/null
   echo "$2 <- $1"
 }
 base="http://127.0.0.1:$port/#"
 shot "$base/experiments/$exp/runs/$run" "$out/run.png"
 shot "$base/experiments/$exp/runs/$run/model-metrics" "$out/run_metrics.png"
+enc() { python -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1"; }
+q="runs=$(enc "[\"$run\"]")&metric=$(enc '"train_loss"')&experiments=$(enc "[\"$exp\"]")"
+q="$q&plot_metric_keys=$(enc '["train_loss","learning_rate","eval_accuracy"]')&plot_layout=$(enc '{}')&x_axis=step"
+q="$q&y_axis_scale=linear&line_smoothness=1&show_point=false&deselected_curves=$(enc '[]')&last_linear_y_axis_range=$(enc '[]')"
+shot "$base/metric/train_loss?$q" "$out/run_curve.png"
+shot "$base/experiments/$exp/runs/$run/artifacts" "$out/run_artifacts.png"
 shot "$base/models/sentiment-classifier" "$out/model.png"
