@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from textops.errors import PipelineError
-from textops.params import Params, load_params
+from textops.params import load_params
 
 log = logging.getLogger("textops")
 
@@ -46,7 +46,3 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-
-

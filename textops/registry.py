@@ -19,7 +19,7 @@ from importlib.metadata import version as installed
 from pathlib import Path
 from typing import Any
 
-from textops.errors import GateFailed, PipelineError
+from textops.errors import PipelineError
 from textops.params import PromoteParams
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_all_stages, sentences, write_tsv
+from conftest import run_all_stages, sentences, write_tsv
 from textops import registry
 from textops.errors import PipelineError
 from textops.inference import OnnxClassifier
