@@ -4,6 +4,8 @@ from __future__ import annotations
 import copy
 import os
 import random
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,17 @@ def _offline(tmp_path_factory):
     store = tmp_path_factory.mktemp("mlflow") / "db"
     store.mkdir()
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+
+
+def copy_repo(dest: Path) -> Path:
+    """The repository's tracked and untracked-but-not-ignored files, without run outputs, in `dest`."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for name in files:
+        if name and (ROOT / name).is_file() and not name.startswith(("outputs/", "dvc.lock")):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
 
 
 def sentences(n_per_class: int, seed: int = 0) -> list[tuple[str, int]]:

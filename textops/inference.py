@@ -73,8 +73,8 @@ class OnnxClassifier:
             probs[idx] = softmax(self.session.run(["logits"], feed)[0])
         return probs
 
-    def classify(self, texts: list[str]) -> list[dict]:
+    def classify(self, texts: list[str], batch_size: int = 64) -> list[dict]:
         """Label, its probability, and every class's probability, per text."""
-        probs = self.predict_proba(texts)
+        probs = self.predict_proba(texts, batch_size)
         return [{"label": self.labels[int(p.argmax())], "probability": float(p.max()),
                  "probabilities": {name: float(v) for name, v in zip(self.labels, p)}} for p in probs]

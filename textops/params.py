@@ -115,6 +115,25 @@ class OrchestrateParams(Section):
     timezone: str = "UTC"
 
 
+class ServeParams(Section):
+    """The BentoML service (serving/): which alias it serves, batching, and limits on what a request may hold."""
+
+    alias: str = "champion"  # the registry alias `bentoml build` bundles and registry mode follows
+    max_batch_size: int = Field(64, ge=1, le=4096)  # texts per model call, across requests
+    # The dispatcher answers 503 to requests it expects to finish later than this (STACK_NOTES: 20 ms shed load).
+    max_latency_ms: int = Field(2000, ge=10)
+    # none: release a batch as soon as the model is free; adaptive: BentoML's learned wait (serving/batching.py)
+    batch_wait: Literal["none", "adaptive"] = "none"
+    max_items: int = Field(64, ge=1)  # texts in one request
+    max_chars: int = Field(2000, ge=1)  # longer texts get 400; shorter ones are cut at model.max_length tokens
+    max_body_bytes: int = Field(1_000_000, ge=1024)  # larger request bodies get 413
+    workers: int = Field(2, ge=1)  # service processes, each with its own batcher and ONNX session
+    onnx_threads: int = Field(1, ge=0)  # intra-op threads per worker; 0: all cores
+    inference_batch_size: int = Field(1, ge=1)  # texts per ONNX call within a gathered batch (length-sorted)
+    poll_interval_s: float = Field(10.0, gt=0)  # registry mode: how often the alias is checked
+    access_log: bool = False  # BentoML's per-request log line: ~2 ms of CPU per request here
+
+
 class Params(Section):
     task: Literal["sentiment"] = "sentiment"
     seed: int = 42
@@ -129,6 +148,7 @@ class Params(Section):
     tracking: TrackingParams = TrackingParams()
     promote: PromoteParams = PromoteParams()
     orchestrate: OrchestrateParams = OrchestrateParams()
+    serve: ServeParams = ServeParams()
 
     @model_validator(mode="after")
     def _label_map_targets_known(self) -> "Params":

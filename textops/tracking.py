@@ -23,16 +23,24 @@ def default_tracking_uri(root: Path = ROOT) -> str:
     return f"sqlite:///{root / 'mlflow' / 'db' / 'mlflow.db'}"
 
 
-def configure(experiment: str) -> str:
-    """Point MLflow at the store (offline-safe) and make sure the experiment exists; returns the URI."""
+def connect() -> str:
+    """Point MLflow at the store (offline-safe) without touching it; returns the URI."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # it looks up an outside host otherwise
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # log_model's requirement inference would query the Hub
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def configure(experiment: str) -> str:
+    """Point MLflow at the store and make sure the experiment exists; returns the URI."""
+    import mlflow
+
+    uri = connect()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
     try:
         if mlflow.get_experiment_by_name(experiment) is None:
             location = None

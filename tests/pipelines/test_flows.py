@@ -1,14 +1,13 @@
 """Prefect flows under prefect_test_harness: real `dvc repro` subprocesses in scratch repositories."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, sentences, write_tsv
+from conftest import ROOT, copy_repo, sentences, write_tsv
 from pipelines.dag import stage_order
 from pipelines.flows import data_hash, pipeline, retrain
 from pipelines.serve import deployment
@@ -29,16 +28,6 @@ def git_repo(path: Path) -> Path:
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=path, check=True)
     return path
-
-
-def copy_repo(dest: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    for name in files:
-        if name and (ROOT / name).is_file() and not name.startswith(("outputs/", "dvc.lock")):
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
-    return dest
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,59 @@
+"""A request body limit for the service: BentoML sets none (STACK_NOTES: 200 MB bodies got 200)."""
+from __future__ import annotations
+
+import json
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for bodies over `max_bytes`, by Content-Length or, when chunked, by counting.
+
+    A chunked body is read here (at most `max_bytes` + one chunk) and replayed to the app, because an
+    error raised from inside the app's receive() would reach the client as a 500.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                return await self.reject(send, 400, f"Content-Length {length[:40]!r} is not a number")
+            if int(length) > self.max_bytes:
+                return await self.reject(send, 413, self.too_large(int(length)))
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                return await self.reject(send, 413, self.too_large(size, at_least=more))
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()  # after the body: wait for a disconnect, as the server would
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    def too_large(self, size: int, at_least: bool = False) -> str:
+        return (f"request body is {'over ' if at_least else ''}{size} bytes; the limit is "
+                f"serve.max_body_bytes={self.max_bytes}")
+
+    @staticmethod
+    async def reject(send, status: int, error: str) -> None:
+        body = json.dumps({"error": error}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})

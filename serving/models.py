@@ -1,0 +1,153 @@
+"""Where the service's model comes from: the copy bundled in a Bento, or the MLflow registry.
+
+`bentoml build` asks each model reference on the service for its info. `RegistryModel` answers by
+resolving `name@alias` to an explicit registry version, importing that version's package folder
+into the BentoML model store as `name:v<version>-<run id>`, and recording `name@alias` as the
+Bento's alias for it. A served Bento finds its copy through that alias and never calls MLflow.
+Served from the repository (`bentoml serve`), no alias is recorded: the service reads the registry
+itself and follows the alias (registry mode).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import typing as t
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import attrs
+from _bentoml_sdk.models import Model  # the reference base class (bentoml.models.Model is the stored model)
+
+from textops.errors import PipelineError
+
+# Registry version tags that /metadata reports as metrics (written by the package stage).
+METRIC_TAGS = ("eval_accuracy", "fp32_accuracy", "int8_accuracy", "int8_accuracy_drop", "int8_agreement",
+               "latency_ms_p50", "size_mb")
+
+
+class ModelSourceError(PipelineError):
+    """The registry or the Bento cannot provide the model the service asks for."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A package folder (INT8 ONNX, tokenizer, labels) and what is known of it."""
+
+    path: Path
+    metadata: dict[str, t.Any]
+
+
+def metadata_of(name: str, alias: str, version: str) -> dict[str, t.Any]:
+    from textops import registry
+
+    tags = registry.require_version(name, version).tags
+    metrics = {k: float(tags[k]) for k in METRIC_TAGS if k in tags}
+    return {"name": name, "version": str(version), "alias": alias, "run_id": tags.get("run_id"),
+            "metrics": metrics, "git_commit": tags.get("git_commit"), "data_hash": tags.get("data_hash"),
+            "resolved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def champion_version(name: str, alias: str) -> str:
+    from textops import registry
+    from textops.tracking import connect
+
+    uri = connect()
+    try:
+        version = registry.version_of(name, alias)
+    except PipelineError:
+        raise
+    except Exception as error:  # connection errors come as several types
+        raise ModelSourceError(f"MLflow registry {uri} is unreachable ({type(error).__name__}: "
+                               f"{str(error)[:200]}); set MLFLOW_TRACKING_URI or start the server") from None
+    if version is None:
+        raise ModelSourceError(f"'{name}' has no '{alias}' version in {uri}: run `dvc repro`, then "
+                               f"`python -m textops.promote gate`")
+    return version
+
+
+def from_registry(name: str, alias: str, version: str | None = None) -> Source:
+    """The package folder of `name@alias` (or of `version`), downloaded when the store is remote."""
+    import mlflow
+
+    version = version or champion_version(name, alias)
+    # One folder per version: a remote store would otherwise leave a new temporary copy per call.
+    # A local store answers with the stored folder itself and ignores dst_path.
+    cache = Path(tempfile.gettempdir()) / "textops-registry" / name / str(version)
+    cache.mkdir(parents=True, exist_ok=True)
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(cache)))
+    package = root / "artifacts" / "package"
+    if not (package / "model.onnx").is_file():
+        raise ModelSourceError(f"'{name}' version {version} holds no artifacts/package/model.onnx (under {root})")
+    return Source(package, {**metadata_of(name, alias, version), "source": "registry"})
+
+
+def bento_tag(metadata: dict) -> str:
+    # The run id keeps two registries' "version 1" apart in one BentoML store.
+    return f"{metadata['name']}:v{metadata['version']}-{(metadata['run_id'] or 'norun')[:12]}"
+
+
+@attrs.frozen
+class RegistryModel(Model[Source]):
+    """`name@alias` in the MLflow registry, frozen to one version when a Bento is built."""
+
+    name: str
+    alias: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.alias}"
+
+    def _bundle(self):
+        """Import the alias's current version into the BentoML model store (once per tag)."""
+        import bentoml
+        from bentoml.exceptions import NotFound
+
+        source = from_registry(self.name, self.alias)
+        tag = bento_tag(source.metadata)
+        try:
+            return bentoml.models.get(tag)
+        except NotFound:
+            pass
+        labels = {"registered_model": self.name, "registry_version": source.metadata["version"],
+                  "alias": self.alias}
+        with bentoml.models.create(tag, labels=labels, metadata=source.metadata) as stored:
+            shutil.copytree(source.path, stored.path, dirs_exist_ok=True)
+        return stored
+
+    def to_info(self, alias: str | None = None):
+        from bentoml._internal.bento.bento import BentoModelInfo
+
+        # bentoml build asks more than once; resolve the alias once so the Bento holds one version.
+        if getattr(self, "_stored", None) is None:
+            object.__setattr__(self, "_stored", self._bundle())
+        return BentoModelInfo.from_bento_model(self._stored, alias=self.key)
+
+    @classmethod
+    def from_info(cls, info):
+        from bentoml.models import BentoModel
+
+        return BentoModel.from_info(info)
+
+    def to_create_schema(self):
+        from bentoml.models import BentoModel
+
+        return BentoModel(self.to_info().tag).to_create_schema()
+
+    def bundled_tag(self) -> str | None:
+        """The tag a built Bento recorded for this reference; None when served from the repository."""
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        return BentoMLContainer.model_aliases.get().get(self.key)
+
+    def resolve(self, base_path=None) -> Source:
+        import bentoml
+        from bentoml.models import BentoModel
+
+        tag = self.bundled_tag()
+        if base_path is not None:  # exporting a Bento: copy the bundled model beside it
+            BentoModel(tag or self.to_info().tag).resolve(base_path)
+        if tag is None:
+            return from_registry(self.name, self.alias)
+        stored = bentoml.models.get(tag)
+        return Source(Path(stored.path), {**stored.info.metadata, "source": "bento", "bento_model": tag})

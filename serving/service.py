@@ -1,0 +1,152 @@
+"""The sentiment service: POST /classify with adaptive batching, GET /metadata, hot swap in registry mode.
+
+Run: `bentoml serve` from the repository (registry mode: follows `serve.alias` in MLflow), or
+`bentoml build` then `bentoml serve sentiment:latest` (the Bento's bundled version, no MLflow).
+Params: the `serve` section of params.yaml (batching, limits, poll interval), `package.model_name`.
+
+Limits, each answered with 4xx and a message (never 500): empty or whitespace-only text, NUL
+characters, lone surrogates, texts over `serve.max_chars` characters (rejected; texts under it are
+cut at `model.max_length` tokens, as in training), more than `serve.max_items` texts, bodies over
+`serve.max_body_bytes` (413), wrong JSON types (400), the pickle content type (415, BentoML).
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+from bentoml.validators import ContentType
+from pydantic import BaseModel, BeforeValidator, Field
+from pydantic.functional_validators import AfterValidator
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from serving import batching
+from serving.limits import BodyLimit
+from serving.models import RegistryModel, Source, champion_version, from_registry
+from textops.params import load_params
+
+log = logging.getLogger("bentoml.service.sentiment")
+# Read beside this file, so the repository and a built Bento (which includes params.yaml) agree.
+PARAMS = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+SERVE = PARAMS.serve
+batching.use(SERVE.batch_wait)  # before BentoML builds the app's dispatchers (see serving/batching.py)
+WARMUP = ["a warm-up sentence .", "another , somewhat longer warm-up sentence so shapes vary a little ."]
+
+
+def check_text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("text is empty or whitespace only")
+    if "\x00" in text:
+        raise ValueError("text contains a NUL character (\\u0000)")
+    if len(text) > SERVE.max_chars:
+        raise ValueError(f"text has {len(text)} characters; the limit is serve.max_chars={SERVE.max_chars}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text contains a lone UTF-16 surrogate (\\ud800-\\udfff), which is not a character") from None
+    return text
+
+
+def one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+# The schema lists the array first: BentoML's OpenAPI keeps only the first choice of a union.
+Text = Annotated[str, AfterValidator(check_text), Field(json_schema_extra={"minLength": 1, "maxLength": SERVE.max_chars})]
+Texts = Annotated[list[Text], BeforeValidator(one_or_many, json_schema_input_type=list[Text] | str),
+                  Field(min_length=1, max_length=SERVE.max_items,
+                        description=f"One text, or a list of 1 to {SERVE.max_items} texts.")]
+
+
+class Prediction(BaseModel):
+    label: str
+    probability: float = Field(description="softmax probability of the label")
+    probabilities: dict[str, float] = Field(description="softmax probability of every class")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    classifier: Any  # textops.inference.OnnxClassifier
+    metadata: dict[str, Any]
+
+
+def load(source: Source) -> Loaded:
+    """An ONNX session on the package folder, warmed up so the first request pays no start-up cost."""
+    from textops.inference import OnnxClassifier
+
+    classifier = OnnxClassifier(source.path, "model.onnx", threads=SERVE.onnx_threads)
+    classifier.classify(WARMUP)
+    return Loaded(classifier, source.metadata)
+
+
+async def metadata(request: Request) -> JSONResponse:
+    service = bentoml.get_current_service()
+    return JSONResponse({**service.loaded.metadata, "mode": service.mode,
+                         "poll_interval_s": SERVE.poll_interval_s if service.mode == "registry" else None})
+
+
+@bentoml.asgi_app(Starlette(routes=[Route("/metadata", metadata, methods=["GET"])]), path="/")
+@bentoml.service(name="sentiment", workers=SERVE.workers, traffic={"timeout": 60},
+                  logging={"access": {"enabled": SERVE.access_log}})
+class Sentiment:
+    model_ref = RegistryModel(PARAMS.package.model_name, SERVE.alias)
+
+    def __init__(self) -> None:
+        self.ref = type(self).model_ref  # the reference itself; self.model_ref resolves it
+        self.mode = "registry" if self.ref.bundled_tag() is None else "bento"
+        self.loaded = load(self.model_ref)
+        log.info("serving %s v%s (%s mode)", self.loaded.metadata["name"], self.loaded.metadata["version"], self.mode)
+        # Everything loaded so far (transformers, onnxruntime, mlflow: millions of objects) is long-lived:
+        # move it out of the collector's sight, or each full collection stalls requests (gc.freeze docs).
+        gc.collect()
+        gc.freeze()
+        self._stop = threading.Event()
+        if self.mode == "registry":
+            threading.Thread(target=self._follow, name="follow-alias", daemon=True).start()
+
+    def __is_ready__(self) -> bool:
+        return getattr(self, "loaded", None) is not None
+
+    @bentoml.api(batchable=True, max_batch_size=SERVE.max_batch_size, max_latency_ms=SERVE.max_latency_ms)
+    # The content type is declared so BentoML does not build the output's JSON schema per response.
+    def classify(self, texts: Texts) -> Annotated[list[Prediction], ContentType("application/json")]:
+        """Label, its probability and every class's probability, for each text (one text is a list of one)."""
+        loaded = self.loaded  # one model for the whole batch, even if a swap lands meanwhile
+        rows = loaded.classifier.classify(texts, batch_size=SERVE.inference_batch_size)
+        return [Prediction(**row) for row in rows]
+
+    def _follow(self) -> None:
+        """Registry mode: load a new version of the alias beside the old one, then switch."""
+        name, alias = self.ref.name, self.ref.alias
+        broken = None  # a version that failed to load is not retried until the alias moves again
+        while not self._stop.wait(SERVE.poll_interval_s):
+            current = self.loaded.metadata["version"]
+            try:
+                version = champion_version(name, alias)
+                if version in (current, broken):
+                    continue
+                log.info("%s@%s moved to v%s: loading it beside v%s", name, alias, version, current)
+            except Exception as error:  # a registry outage must not stop serving
+                log.warning("could not follow %s@%s (%s); still serving v%s", name, alias, error, current)
+                continue
+            try:
+                self.loaded = load(from_registry(name, alias, version))  # one reference swap: atomic
+                log.info("now serving %s v%s", name, version)
+            except Exception as error:
+                broken = version
+                log.warning("could not follow %s@%s: v%s failed to load (%s); still serving v%s until the alias "
+                            "moves again", name, alias, version, error, current)
+
+    @bentoml.on_shutdown
+    def stop(self) -> None:
+        self._stop.set()
+
+
+Sentiment.add_asgi_middleware(BodyLimit, max_bytes=SERVE.max_body_bytes)

@@ -1,0 +1,122 @@
+"""Two tiny registered models in a store of this package's own, and one registry-mode server on them.
+
+The MLflow store is not the session's: other test folders register `sentiment-classifier` there
+too, and the server must see exactly the versions made here (v1: champion, v2: a challenger).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import copy_repo, run_all_stages, sentences, write_tsv
+from service.servers import metadata, start, stop
+
+NAME = "sentiment-classifier"  # package.model_name in params.yaml: what the service serves
+PROBE = "truly wonderful acting"  # the two versions must give it clearly different probabilities
+# Small limits keep the bad-input requests small; a 1 s poll keeps the hot-swap test short.
+# access_log: the tests read every answered status from the server log.
+SERVE = {"max_items": 8, "max_chars": 200, "max_body_bytes": 4096, "poll_interval_s": 1.0, "workers": 2,
+         "access_log": True}
+
+
+@pytest.fixture(scope="package")
+def store(tmp_path_factory):
+    """MLFLOW_TRACKING_URI of a fresh SQLite store, for this process and the servers; restored afterwards."""
+    import mlflow
+
+    db = tmp_path_factory.mktemp("service-mlflow") / "db" / "mlflow.db"
+    db.parent.mkdir()
+    saved_env, saved_uri = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    yield db
+    if saved_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved_env
+    mlflow.set_tracking_uri(saved_uri)
+
+
+@pytest.fixture(scope="package")
+def server_env(store, tmp_path_factory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("bentoml-home")
+    return {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
+            "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{store}",
+            # A new SQLite connection per registry call, so a test can take the store away under a server.
+            "MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool"}
+
+
+@pytest.fixture(scope="package")
+def models(store, tmp_path_factory, params_for) -> dict[str, Path]:
+    """Registry version -> its package folder. Two learning rates, so the two give different probabilities."""
+    from textops import registry
+
+    root = tmp_path_factory.mktemp("service-models")
+    data = write_tsv(root / "reviews.tsv", sentences(80))
+    packages = {}
+    for version, lr in (("1", 3e-3), ("2", 1e-3)):
+        built = run_all_stages(root / f"v{version}", params_for(data, train__learning_rate=lr))
+        packages[version] = built["package"]
+    assert sorted(int(v.version) for v in registry.client().search_model_versions(f"name='{NAME}'")) == [1, 2]
+    gap = abs(positive(packages["1"], PROBE) - positive(packages["2"], PROBE))
+    assert gap > 1e-3, f"v1 and v2 give '{PROBE}' nearly the same probability ({gap:.2g}): tests could not tell them apart"
+    set_champion("1")
+    return packages
+
+
+def positive(package: Path, text: str) -> float:
+    """P(positive) of one text by the package's INT8 model, as a batch of one."""
+    from textops.inference import OnnxClassifier
+
+    return OnnxClassifier(package, "model.onnx").classify([text])[0]["probabilities"]["positive"]
+
+
+def set_champion(version: str) -> None:
+    from textops import registry
+
+    registry.force(NAME, version, "service tests")
+
+
+@pytest.fixture(scope="package")
+def service_repo(tmp_path_factory) -> Path:
+    """A copy of the repository whose params.yaml has the test limits: the service reads the one beside it."""
+    repo = copy_repo(tmp_path_factory.mktemp("service-repo"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["serve"].update(SERVE)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return repo
+
+
+@pytest.fixture(scope="package")
+def serve_params(service_repo):
+    """The `serve` section the test servers run with: the repository's, with SERVE applied."""
+    from textops.params import load_params
+
+    return load_params(service_repo / "params.yaml").serve
+
+
+@pytest.fixture(scope="package")
+def registry_server(models, service_repo, server_env, tmp_path_factory):
+    """`bentoml serve` from the repository copy: follows sentiment-classifier@champion."""
+    server = start([], service_repo, server_env, tmp_path_factory.mktemp("logs") / "registry-server.log")
+    yield server
+    stop(server)
+
+
+def wait_for_version(url: str, version: str, timeout: float) -> float:
+    """Seconds until /metadata reports `version` (fails after `timeout`)."""
+    began = time.monotonic()
+    while (seen := metadata(url)["version"]) != version:
+        assert time.monotonic() - began < timeout, f"still serving v{seen} after {timeout} s, expected v{version}"
+        time.sleep(0.05)
+    return time.monotonic() - began
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "fuzz: schemathesis against a live server; part of the default run "
+                                       "(select alone with -m fuzz)")

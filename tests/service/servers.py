@@ -1,0 +1,112 @@
+"""Real `bentoml serve` processes for the service tests, and the HTTP calls the tests make to them.
+
+Each server runs on 127.0.0.1 at a free port in a process group of its own (BentoML starts a
+supervisor and worker processes), and is stopped by signalling the whole group.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+READY_TIMEOUT_S = 180
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> Server:
+    """`bentoml serve ARGS` in `cwd`, returned once /readyz answers 200 (else stopped, with its log in the error)."""
+    port = free_port()
+    cmd = [BENTOML, "serve", *args, "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        wait_ready(server)
+    except BaseException:
+        stop(server)
+        raise
+    return server
+
+
+def wait_ready(server: Server, timeout: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {server.proc.returncode}; its log:\n{server.output()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass  # not listening yet
+        time.sleep(0.5)
+    raise TimeoutError(f"bentoml serve was not ready within {timeout} s; its log:\n{server.output()}")
+
+
+def stop(server: Server) -> None:
+    """SIGTERM to the server's process group, then SIGKILL to whatever of it is left.
+
+    BentoML's workers run in process groups of their own, so they are found as the leader's
+    descendants first, and killed one by one if the leader's shutdown left them behind.
+    """
+    import psutil
+
+    try:
+        workers = psutil.Process(server.proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        workers = []
+    group = server.proc.pid  # start_new_session: the leader's pid is the group id
+    try:
+        os.killpg(group, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        server.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server.proc.wait(timeout=10)
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    for worker in alive:
+        worker.kill()
+    psutil.wait_procs(alive, timeout=10)
+
+
+def classify(url: str, texts, client: httpx.Client | None = None) -> httpx.Response:
+    return (client or httpx).post(f"{url}/classify", json={"texts": texts}, timeout=60)
+
+
+def probabilities(response: httpx.Response) -> list[dict[str, float]]:
+    assert response.status_code == 200, response.text
+    return [row["probabilities"] for row in response.json()]
+
+
+def metadata(url: str) -> dict:
+    response = httpx.get(f"{url}/metadata", timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()

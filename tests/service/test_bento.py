@@ -1,0 +1,74 @@
+"""`bentoml build` bundles the champion version; `bentoml serve sentiment:<version>` from another
+folder serves that copy with MLflow out of reach, and with the params.yaml it was built with."""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.conftest import NAME, SERVE
+from service.servers import BENTOML, classify, metadata, start, stop
+
+TEXTS = ["the film was good", "a dull , lifeless plot", "truly wonderful acting"]
+
+
+@pytest.fixture(scope="module")
+def bento(models, service_repo, server_env) -> dict:
+    """The built Bento's tag and folder, and the registry version it should hold."""
+    from textops import registry
+
+    version = registry.version_of(NAME, "champion")
+    run = subprocess.run([BENTOML, "build", "--output", "tag"], cwd=service_repo, env=server_env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    tag = re.search(r"__tag__:(\S+)", run.stdout).group(1)
+    name, _, bento_version = tag.partition(":")
+    folder = Path(server_env["BENTOML_HOME"]) / "bentos" / name / bento_version
+    return {"tag": tag, "folder": folder, "version": version, "run_id": registry.require_version(NAME, version).run_id}
+
+
+@pytest.fixture(scope="module")
+def bento_server(bento, server_env, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")  # neither serving/ nor params.yaml here
+    # Nothing listens on the discard port: any MLflow call would fail (fast, with no retries).
+    env = {**server_env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+    server = start([bento["tag"]], elsewhere, env, tmp_path_factory.mktemp("logs") / "bento-server.log")
+    yield server
+    stop(server)
+
+
+def test_bento_records_the_explicit_model_version(bento):
+    manifest = yaml.safe_load((bento["folder"] / "bento.yaml").read_text())
+    model_tag = f"{NAME}:v{bento['version']}-{bento['run_id'][:12]}"
+    (service,) = manifest["services"]
+    assert [(m["tag"], m["alias"]) for m in service["models"]] == [(model_tag, f"{NAME}@champion")]
+    assert manifest["name"] == "sentiment" and manifest["service"] == "serving.service:Sentiment"
+    stored = yaml.safe_load((Path(bento["folder"]).parents[2] / "models" / NAME / model_tag.split(":")[1]
+                             / "model.yaml").read_text())
+    assert stored["labels"]["registry_version"] == bento["version"] and stored["metadata"]["run_id"] == bento["run_id"]
+    bundled = yaml.safe_load((bento["folder"] / "src" / "params.yaml").read_text())
+    assert bundled["serve"]["max_items"] == SERVE["max_items"]  # the params of the folder it was built in
+
+
+def test_bento_serves_the_bundled_version_without_mlflow(bento, bento_server, models):
+    from textops.inference import OnnxClassifier
+
+    meta = metadata(bento_server.url)
+    assert (meta["mode"], meta["source"], meta["version"]) == ("bento", "bento", bento["version"])
+    assert meta["bento_model"] == f"{NAME}:v{bento['version']}-{bento['run_id'][:12]}"
+    assert meta["poll_interval_s"] is None  # no alias to follow
+    local = OnnxClassifier(models[bento["version"]], "model.onnx")
+    for text in TEXTS:  # one text per request: a batch of one, so equal to the package's answer
+        got = classify(bento_server.url, text).json()[0]["probabilities"]
+        assert got == pytest.approx(local.classify([text])[0]["probabilities"], abs=1e-5)
+    assert "could not follow" not in bento_server.output()
+
+
+def test_bento_applies_its_bundled_limits(bento_server):
+    response = classify(bento_server.url, ["good"] * (SERVE["max_items"] + 1))
+    assert response.status_code == 400
+    assert f"at most {SERVE['max_items']} items" in response.text
