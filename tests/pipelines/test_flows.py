@@ -146,7 +146,11 @@ def test_a_run_killed_mid_stage_leaves_dvc_usable(tmp_path):
     import time
 
     repo = scratch(tmp_path, "python step.py", retries=0, script=SLOW)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    from prefect.settings import PREFECT_API_URL
+
+    # The harness's server: left alone, the child would start an ephemeral server of its own, which
+    # the SIGKILL below would orphan (it outlived the test run before).
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": PREFECT_API_URL.value()}
     flow = subprocess.Popen([sys.executable, "-c", f"from pipelines.flows import pipeline; pipeline(repo={str(repo)!r}, "
                              "gate=False)"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
