@@ -20,8 +20,6 @@ import argparse
 import asyncio
 import csv
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+from tests.service.servers import free_port, stop_process as stop  # noqa: E402  (BentoML workers leave the group)
 SST2_DEV = ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
 SAMPLE = ROOT / "data" / "sample" / "sentiment.tsv"
 ENV = {"BENTOML_DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
@@ -41,12 +40,6 @@ def load_texts() -> list[str]:
     path = SST2_DEV if SST2_DEV.is_file() else SAMPLE
     with path.open(encoding="utf-8") as f:
         return [row["sentence"] for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(cmd: list[str], port: int, log: Path, env: dict, ready: str = "/readyz") -> subprocess.Popen:
@@ -67,17 +60,6 @@ def start(cmd: list[str], port: int, log: Path, env: dict, ready: str = "/readyz
         time.sleep(0.5)
     stop(proc)
     sys.exit(f"{cmd[0]} not ready on port {port} within 180 s; see {log}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class Recorder:
@@ -221,8 +203,11 @@ def main() -> None:
     during = swap_watch(base, params.package.model_name, args.swap_to, args.duration / 4) if args.swap_to else None
     proc = start(cmd, port, logs / "load_test_bento.log", {"BENTOML_HOME": os.environ.get("BENTOML_HOME", str(ROOT / "bento_home"))})
     try:
-        with urllib_get(f"{base}/metadata") as meta:
-            served = meta
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"{base}/metadata", timeout=5) as r:
+            served = json.loads(r.read())
         bento_rows, rate = drive("bento", base, "texts", texts, args, None, during)
     finally:
         stop(proc)
@@ -243,19 +228,6 @@ def main() -> None:
     finally:
         stop(proc)
     report(args, served, texts, {"bento (INT8, batched)": bento_rows, "naive (FP32, FastAPI)": naive_rows})
-
-
-def urllib_get(url: str):
-    import contextlib
-    import json
-    import urllib.request
-
-    @contextlib.contextmanager
-    def get():
-        with urllib.request.urlopen(url, timeout=5) as r:
-            yield json.loads(r.read())
-
-    return get()
 
 
 def report(args, served: dict, texts: list[str], results: dict) -> None:

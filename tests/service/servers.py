@@ -66,7 +66,11 @@ def wait_ready(server: Server, timeout: float = READY_TIMEOUT_S) -> None:
 
 
 def stop(server: Server) -> None:
-    """SIGTERM to the server's process group, then SIGKILL to whatever of it is left.
+    stop_process(server.proc)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group of `proc` (started with start_new_session), then SIGKILL to what is left.
 
     BentoML's workers run in process groups of their own, so they are found as the leader's
     descendants first, and killed one by one if the leader's shutdown left them behind.
@@ -74,23 +78,23 @@ def stop(server: Server) -> None:
     import psutil
 
     try:
-        workers = psutil.Process(server.proc.pid).children(recursive=True)
+        workers = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         workers = []
-    group = server.proc.pid  # start_new_session: the leader's pid is the group id
+    group = proc.pid  # start_new_session: the leader's pid is the group id
     try:
         os.killpg(group, signal.SIGTERM)
     except ProcessLookupError:
         pass
     try:
-        server.proc.wait(timeout=20)
+        proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         pass
     try:
         os.killpg(group, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    server.proc.wait(timeout=10)
+    proc.wait(timeout=10)
     _, alive = psutil.wait_procs(workers, timeout=10)
     for worker in alive:
         worker.kill()
