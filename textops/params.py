@@ -50,7 +50,19 @@ class TokenizeParams(Section):
     pass
 
 
+class LoraParams(Section):
+    """PEFT LoRA, for train.method: lora (both tasks). The adapter is merged into the base before export."""
+
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    # null: the architecture's attention projections (BERT query,value; GPT-2 c_attn).
+    target_modules: list[str] | None = None
+
+
 class TrainParams(Section):
+    method: Literal["full", "lora"] = "full"
+    lora: LoraParams = LoraParams()
     epochs: float = Field(3.0, gt=0)
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
@@ -134,6 +146,135 @@ class ServeParams(Section):
     access_log: bool = False  # BentoML's per-request log line: ~2 ms of CPU per request here
 
 
+# ---------------------------------------------------------------- the story task (params.yaml: story.*)
+
+class GenerationParams(Section):
+    """One decoding setting: greedy when do_sample is false; top_k 0 and top_p 1.0 switch those filters off."""
+
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0, le=10)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, ge=1, le=10)
+
+
+class StoryModelParams(Section):
+    # null: a GPT2Config from scratch with the sizes below (offline). A local folder or a Hub id
+    # (gpt2) fine-tunes that model instead, with its own tokenizer (story.tokenize.kind: base).
+    base: str | None = None
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_embd: int = Field(256, ge=8)
+    context: int = Field(256, ge=8, le=8192)  # tokens per training block and the model's n_positions
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "StoryModelParams":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
+        return self
+
+
+class StoryPrepareParams(Section):
+    # A plain-text file (or a folder of .txt files); documents are separated by blank lines.
+    source: str = "data/sample/stories.txt"
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    # random: a seeded sample of documents; tail: the last eval_fraction of the text (nanoGPT's split).
+    eval_split: Literal["random", "tail"] = "random"
+    min_chars: int = Field(1, ge=1)
+    max_chars: int = Field(20000, ge=1)
+    # A regex character class; a document holding any other character is quarantined.
+    allowed_chars: str = r"[\t\n\x20-\x7e\u00a0-\u00ff\u2013\u2014\u2018\u2019\u201c\u201d\u2026]"
+    max_bad_fraction: float = Field(0.05, ge=0, le=1)
+
+
+class StoryTokenizeParams(Section):
+    # bpe: byte-level BPE trained on the train split; char: one token per character; base: story.model.base's own.
+    kind: Literal["bpe", "char", "base"] = "bpe"
+    vocab_size: int = Field(4096, ge=64, le=65536)  # bpe only
+    min_frequency: int = Field(2, ge=1)
+    # Tokens per word of this tokenizer against the sentiment model's WordPiece, on these sentences.
+    compare_sentences: list[str] = Field(default_factory=list)
+
+
+class StoryTrainParams(Section):
+    method: Literal["full", "lora"] = "full"
+    lora: LoraParams = LoraParams()
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # set: train exactly this many steps (nanoGPT's iterations)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, lt=1)
+    min_learning_rate: float = Field(1e-4, ge=0, lt=1)  # cosine decay ends here
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    beta2: float = Field(0.99, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    save_steps: int = Field(250, ge=1)
+    eval_steps: int = Field(250, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    num_threads: int = Field(0, ge=0)
+
+
+class StoryEvaluateParams(Section):
+    max_perplexity: float = Field(1000.0, gt=1)  # gate: the pipeline stops above this eval perplexity
+    batch_size: int = Field(32, ge=1)
+    prompts: list[str] = Field(default_factory=lambda: ["Once upon a time"])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    max_new_tokens: int = Field(60, ge=1, le=2048)
+    strategies: dict[str, GenerationParams] = Field(default_factory=lambda: {"greedy": GenerationParams()})
+
+
+class StoryQuantizeParams(Section):
+    per_channel: bool = True
+    exclude_nodes: list[str] = Field(default_factory=list)  # ONNX node-name regexes kept in FP32
+    max_perplexity_change: float = Field(0.03, ge=0)  # relative: INT8 perplexity within 3% of FP32
+    min_greedy_agreement: float = Field(0.95, ge=0, le=1)  # share of greedy positions equal to FP32's
+    onnx_threads: int = Field(1, ge=0)
+    speed_new_tokens: int = Field(64, ge=1)  # tokens/s: new tokens per prompt, FP32 generate() vs INT8
+    speed_repeats: int = Field(3, ge=1)
+
+
+class StoryPromoteParams(Section):
+    perplexity_tolerance: float = Field(0.01, ge=0)  # relative: challenger may exceed the champion's by this
+    max_perplexity: float = Field(1000.0, gt=1)  # absolute ceiling, also for a first champion
+    max_size_mb: float = Field(200.0, gt=0)
+
+
+class StoryServeParams(Section):
+    alias: str = "champion"
+    max_prompt_chars: int = Field(2000, ge=1)
+    max_new_tokens: int = Field(256, ge=1)  # the largest a request may ask for
+    max_body_bytes: int = Field(100_000, ge=1024)
+    workers: int = Field(1, ge=1)
+    onnx_threads: int = Field(1, ge=0)
+    poll_interval_s: float = Field(10.0, gt=0)
+    defaults: GenerationParams = GenerationParams(do_sample=True, temperature=0.8, top_k=50, repetition_penalty=1.1)
+    default_max_new_tokens: int = Field(64, ge=1)
+
+
+class StoryParams(Section):
+    seed: int = 42
+    model: StoryModelParams = StoryModelParams()
+    prepare: StoryPrepareParams = StoryPrepareParams()
+    tokenize: StoryTokenizeParams = StoryTokenizeParams()
+    train: StoryTrainParams = StoryTrainParams()
+    evaluate: StoryEvaluateParams = StoryEvaluateParams()
+    quantize: StoryQuantizeParams = StoryQuantizeParams()
+    package: PackageParams = PackageParams(model_name="story-generator")
+    tracking: TrackingParams = TrackingParams(experiment="story")
+    promote: StoryPromoteParams = StoryPromoteParams()
+    serve: StoryServeParams = StoryServeParams()
+
+    @model_validator(mode="after")
+    def _base_for_base_tokenizer(self) -> "StoryParams":
+        if self.tokenize.kind == "base" and not self.model.base:
+            raise ValueError("story.tokenize.kind 'base' needs story.model.base (a model folder or Hub id)")
+        return self
+
+
 class Params(Section):
     task: Literal["sentiment"] = "sentiment"
     seed: int = 42
@@ -149,6 +290,7 @@ class Params(Section):
     promote: PromoteParams = PromoteParams()
     orchestrate: OrchestrateParams = OrchestrateParams()
     serve: ServeParams = ServeParams()
+    story: StoryParams = StoryParams()
 
     @model_validator(mode="after")
     def _label_map_targets_known(self) -> "Params":
