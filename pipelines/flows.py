@@ -23,7 +23,20 @@ from prefect.states import Completed
 from pipelines.dag import stage_order
 from textops.params import load_params
 
-TASKS = ("sentiment",)
+# Each task's last stage (dvc.yaml), and where its params and outputs live: a run takes that stage
+# and what it needs, so one task's flow never runs the other's stages.
+TASKS = {"sentiment": {"final": "package", "params": "", "outputs": "outputs/sentiment"},
+         "story": {"final": "story_package", "params": "story.", "outputs": "outputs/story"}}
+
+
+def known_task(task_name: str) -> dict:
+    if task_name not in TASKS:
+        raise ValueError(f"unknown task '{task_name}'; known: {sorted(TASKS)}")
+    return TASKS[task_name]
+
+
+def source_key(task_name: str) -> str:
+    return f"{known_task(task_name)['params']}prepare.source"
 
 
 class StageFailed(RuntimeError):
@@ -166,9 +179,9 @@ def run_stage(stage: str, repo: str, timeout_s: float) -> dict:
 
 
 @task
-def promotion_gate(repo: str, timeout_s: float) -> dict:
+def promotion_gate(repo: str, timeout_s: float, task_name: str = "sentiment") -> dict:
     log = get_run_logger()
-    cmd = [sys.executable, "-m", "textops.promote", "gate"]
+    cmd = [sys.executable, "-m", "textops.promote", "gate", "--task", task_name]
     done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=timeout_s)
     for line in (done.stdout + done.stderr).splitlines():
         log.info("[gate] %s", line)
@@ -177,24 +190,36 @@ def promotion_gate(repo: str, timeout_s: float) -> dict:
     return json.loads(done.stdout)
 
 
-def metrics_table(repo: Path) -> dict:
+def metrics_table(repo: Path, task_name: str = "sentiment") -> dict:
+    """The task's metrics files, by stage name (outputs/<task>/metrics/<stage>.json)."""
     done = subprocess.run(["dvc", "metrics", "show", "--json"], cwd=repo, capture_output=True, text=True)
     try:
         files = next(iter(json.loads(done.stdout).values()))["data"]
     except (ValueError, StopIteration, KeyError):
         return {}
-    return {Path(name).stem: content.get("data", {}) for name, content in files.items()}
+    folder = known_task(task_name)["outputs"] + "/"
+    return {Path(name).stem: content.get("data", {}) for name, content in files.items() if name.startswith(folder)}
+
+
+def metric_rows(metrics: dict, task_name: str) -> list[str]:
+    ev, q = metrics.get("evaluate", {}), metrics.get("quantize", {})
+    if task_name == "story":
+        return [f"| eval perplexity (FP32) | {ev.get('perplexity')} |",
+                f"| INT8 perplexity change | {q.get('perplexity_change')} |",
+                f"| INT8 greedy agreement (teacher-forced) | "
+                f"{q.get('greedy_agreement', {}).get('onnx_int8', {}).get('teacher_forced')} |",
+                f"| INT8 tokens/s (vs PyTorch FP32) | {q.get('speed', {}).get('onnx_int8_loop', {}).get('tokens_per_s')} "
+                f"({q.get('int8_loop_speedup_vs_pytorch')}x) |"]
+    return [f"| eval accuracy (FP32) | {ev.get('accuracy')} |", f"| macro F1 | {ev.get('macro_f1')} |",
+            f"| INT8 accuracy | {q.get('accuracy', {}).get('onnx_int8')} |",
+            f"| INT8/FP32 agreement | {q.get('agreement')} |",
+            f"| INT8 p50 latency (ms) | {q.get('latency_ms', {}).get('onnx_int8', {}).get('p50')} |"]
 
 
 def report(stages: list[dict], gate: dict | None, metrics: dict, task_name: str) -> str:
-    ev, q = metrics.get("evaluate", {}), metrics.get("quantize", {})
     lines = [f"# {task_name} pipeline", "", "| stage | result | seconds |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {'ran' if s['ran'] else 'skipped (unchanged)'} | {s['seconds']} |" for s in stages]
-    lines += ["", "| metric | value |", "|---|---|",
-              f"| eval accuracy (FP32) | {ev.get('accuracy')} |", f"| macro F1 | {ev.get('macro_f1')} |",
-              f"| INT8 accuracy | {q.get('accuracy', {}).get('onnx_int8')} |",
-              f"| INT8/FP32 agreement | {q.get('agreement')} |",
-              f"| INT8 p50 latency (ms) | {q.get('latency_ms', {}).get('onnx_int8', {}).get('p50')} |"]
+    lines += ["", "| metric | value |", "|---|---|"] + metric_rows(metrics, task_name)
     if gate:
         run_id = gate.get("evidence", {}).get("run_id")
         ui = os.environ.get("MLFLOW_UI_URL", "http://127.0.0.1:5000")
@@ -209,28 +234,29 @@ def report(stages: list[dict], gate: dict | None, metrics: dict, task_name: str)
 def pipeline(task_name: str = "sentiment", overrides: list[str] | None = None, data_source: str | None = None,
              repo: str = ".", gate: bool = True) -> dict:
     """Run the DVC stages of one task in dvc.yaml's order, then the promotion gate."""
-    if task_name not in TASKS:
-        raise ValueError(f"unknown task '{task_name}'; known: {TASKS}")
+    final = known_task(task_name)["final"]
     repo_path = Path(repo).resolve()
-    overrides = list(overrides or []) + ([f"prepare.source={data_source}"] if data_source else [])
+    overrides = list(overrides or []) + ([f"{source_key(task_name)}={data_source}"] if data_source else [])
     apply_overrides(str(repo_path), overrides)
     settings = load_params(repo_path / "params.yaml").orchestrate
     results = []
-    for stage in stage_order(repo_path / "dvc.yaml"):
+    for stage in stage_order(repo_path / "dvc.yaml", targets=[final]):
         step = run_stage.with_options(name=stage, retries=settings.retries, retry_delay_seconds=settings.retry_delay_s)
         results.append(step(stage, str(repo_path), settings.stage_timeout_s))
-    decision = promotion_gate(str(repo_path), settings.stage_timeout_s) if gate else None
-    create_markdown_artifact(markdown=report(results, decision, metrics_table(repo_path), task_name),
+    decision = promotion_gate(str(repo_path), settings.stage_timeout_s, task_name) if gate else None
+    create_markdown_artifact(markdown=report(results, decision, metrics_table(repo_path, task_name), task_name),
                              key=f"{task_name}-pipeline", description="stages, metrics and the gate decision")
     return {"stages": results, "gate": decision}
 
 
-def data_hash(repo: Path, source: str) -> str:
+def data_hash(repo: Path, source: str, task_name: str = "sentiment") -> str:
     from textops.sources import hash_files, locate
 
     path = Path(source)
-    files = locate(str(path if path.is_absolute() or not (repo / path).exists() else repo / path))
-    return hash_files(list(files.values()))
+    path = path if path.is_absolute() or not (repo / path).exists() else repo / path
+    if task_name == "story":  # a text file, or a folder of them
+        return hash_files(sorted(path.rglob("*.txt")) if path.is_dir() else [path])
+    return hash_files(list(locate(str(path)).values()))
 
 
 @flow(name="retrain", log_prints=True)
@@ -240,8 +266,9 @@ def retrain(task_name: str = "sentiment", data_source: str | None = None, overri
     from prefect.variables import Variable
 
     repo_path = Path(repo).resolve()
-    source = data_source or load_params(repo_path / "params.yaml").prepare.source
-    digest = data_hash(repo_path, source)
+    params = load_params(repo_path / "params.yaml")
+    source = data_source or (params.story.prepare.source if task_name == "story" else params.prepare.source)
+    digest = data_hash(repo_path, source, task_name)
     key = f"{task_name}-last-trained-data-sha256"
     last = Variable.get(key, default=None)
     if last == digest and not force:

@@ -3,8 +3,9 @@
 Needs a Prefect server (the ephemeral one cannot schedule):
     prefect server start --host 127.0.0.1            # terminal 1 (SQLite under ~/.prefect)
     export PREFECT_API_URL=http://127.0.0.1:4200/api
-    python -m pipelines.serve                         # terminal 2: registers and serves both deployments
+    python -m pipelines.serve                         # terminal 2: registers and serves each task's two deployments
     prefect deployment run pipeline/sentiment-pipeline  # a run by hand (retrain/sentiment-retrain runs on cron)
+    prefect deployment run pipeline/story-pipeline
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from prefect.schedules import Cron
 
-from pipelines.flows import pipeline, retrain
+from pipelines.flows import TASKS, pipeline, retrain
 from textops.params import OrchestrateParams, load_params
 
 DEPLOYMENT = "sentiment-retrain"
@@ -42,11 +43,13 @@ def on_demand(repo: Path, task_name: str = "sentiment"):
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", type=Path, default=Path("."))
-    ap.add_argument("--task", default="sentiment")
+    ap.add_argument("--task", choices=[*TASKS, "all"], default="all")
     args = ap.parse_args(argv)
     from prefect import serve
 
-    serve(deployment(args.repo.resolve(), args.task), on_demand(args.repo.resolve(), args.task))
+    repo = args.repo.resolve()
+    tasks = list(TASKS) if args.task == "all" else [args.task]
+    serve(*[d for t in tasks for d in (deployment(repo, t), on_demand(repo, t))])
 
 
 if __name__ == "__main__":

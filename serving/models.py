@@ -9,8 +9,10 @@ itself and follows the alias (registry mode).
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
+import threading
 import typing as t
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,9 +23,11 @@ from _bentoml_sdk.models import Model  # the reference base class (bentoml.model
 
 from textops.errors import PipelineError
 
-# Registry version tags that /metadata reports as metrics (written by the package stage).
+# Registry version tags that /metadata reports as metrics (written by the package stages of both tasks).
 METRIC_TAGS = ("eval_accuracy", "fp32_accuracy", "int8_accuracy", "int8_accuracy_drop", "int8_agreement",
-               "latency_ms_p50", "size_mb")
+               "latency_ms_p50", "size_mb",
+               "eval_perplexity", "fp32_perplexity", "int8_perplexity", "int8_perplexity_change",
+               "int8_greedy_agreement", "tokens_per_s", "speedup_vs_pytorch")
 
 
 class ModelSourceError(PipelineError):
@@ -62,7 +66,7 @@ def champion_version(name: str, alias: str) -> str:
                                f"{str(error)[:200]}); set MLFLOW_TRACKING_URI or start the server") from None
     if version is None:
         raise ModelSourceError(f"'{name}' has no '{alias}' version in {uri}: run `dvc repro`, then "
-                               f"`python -m textops.promote gate`")
+                               f"`python -m textops.promote gate` (with --task story for the story model)")
     return version
 
 
@@ -80,6 +84,30 @@ def from_registry(name: str, alias: str, version: str | None = None) -> Source:
     if not (package / "model.onnx").is_file():
         raise ModelSourceError(f"'{name}' version {version} holds no artifacts/package/model.onnx (under {root})")
     return Source(package, {**metadata_of(name, alias, version), "source": "registry"})
+
+
+def follow(name: str, alias: str, interval_s: float, stop: threading.Event, serving: t.Callable[[], str],
+           swap: t.Callable[[Source], None], log: logging.Logger) -> None:
+    """Registry mode: every `interval_s` until `stop`, load a new version of `name@alias` beside the
+    one in service (`serving()` names it), then switch to it with `swap(source)`."""
+    broken = None  # a version that failed to load is not retried until the alias moves again
+    while not stop.wait(interval_s):
+        current = serving()
+        try:
+            version = champion_version(name, alias)
+            if version in (current, broken):
+                continue
+            log.info("%s@%s moved to v%s: loading it beside v%s", name, alias, version, current)
+        except Exception as error:  # a registry outage must not stop serving
+            log.warning("could not follow %s@%s (%s); still serving v%s", name, alias, error, current)
+            continue
+        try:
+            swap(from_registry(name, alias, version))
+            log.info("now serving %s v%s", name, version)
+        except Exception as error:
+            broken = version
+            log.warning("could not follow %s@%s: v%s failed to load (%s); still serving v%s until the alias "
+                        "moves again", name, alias, version, error, current)
 
 
 def bento_tag(metadata: dict) -> str:

@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from serving import batching
 from serving.limits import BodyLimit
-from serving.models import RegistryModel, Source, champion_version, from_registry
+from serving.models import RegistryModel, Source, follow
 from textops.params import load_params
 
 log = logging.getLogger("bentoml.service.sentiment")
@@ -123,26 +123,11 @@ class Sentiment:
         return [Prediction(**row) for row in rows]
 
     def _follow(self) -> None:
-        """Registry mode: load a new version of the alias beside the old one, then switch."""
-        name, alias = self.ref.name, self.ref.alias
-        broken = None  # a version that failed to load is not retried until the alias moves again
-        while not self._stop.wait(SERVE.poll_interval_s):
-            current = self.loaded.metadata["version"]
-            try:
-                version = champion_version(name, alias)
-                if version in (current, broken):
-                    continue
-                log.info("%s@%s moved to v%s: loading it beside v%s", name, alias, version, current)
-            except Exception as error:  # a registry outage must not stop serving
-                log.warning("could not follow %s@%s (%s); still serving v%s", name, alias, error, current)
-                continue
-            try:
-                self.loaded = load(from_registry(name, alias, version))  # one reference swap: atomic
-                log.info("now serving %s v%s", name, version)
-            except Exception as error:
-                broken = version
-                log.warning("could not follow %s@%s: v%s failed to load (%s); still serving v%s until the alias "
-                            "moves again", name, alias, version, error, current)
+        follow(self.ref.name, self.ref.alias, SERVE.poll_interval_s, self._stop,
+               lambda: self.loaded.metadata["version"], self._swap, log)
+
+    def _swap(self, source: Source) -> None:
+        self.loaded = load(source)  # one reference swap: atomic
 
     @bentoml.on_shutdown
     def stop(self) -> None:

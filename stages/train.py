@@ -1,11 +1,12 @@
 """train: fine-tune a sequence classifier with the transformers Trainer.
 
 In:  --tokenized/{train,eval}.parquet, --prepare-metrics (data source and hash, for the MLflow run).
-Out: --out (safetensors model, tokenizer, labels.json), --checkpoints (kept across kills: a rerun
-     resumes from the last one when data and params match), --curve/{loss,eval}.csv (DVC plots),
-     --metrics (samples/s, wall time, peak memory, final eval accuracy). Opens the model's MLflow
-     run (params, per-step curves, tags) and records its id in --out/mlflow_run.json.
-Params: seed, labels, model.*, train.*.
+Out: --out (safetensors model, tokenizer, labels.json; always a plain model: train.method lora merges
+     its adapters first), --checkpoints (kept across kills: a rerun resumes from the last one when data
+     and params match), --curve/{loss,eval}.csv (DVC plots), --metrics (samples/s, wall time, peak
+     memory, trainable parameters, final eval accuracy). Opens the model's MLflow run (params,
+     per-step curves, tags) and records its id in --out/mlflow_run.json.
+Params: seed, labels, model.*, train.* (train.method full or lora, train.lora).
 Run: python -m stages.train --tokenized ... --out ... --checkpoints ... --curve ... --metrics ...
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from textops import cli
+from textops import cli, lora
 from textops.modeling import device_precision, load_classifier, load_tokenizer
 from textops.params import Params, flatten
 from textops.tracking import ModelRun, numeric, write_run_id
@@ -83,6 +84,12 @@ def curves(log_history: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return train, evals
 
 
+def build_model(params: Params):
+    """full: every weight trains. lora: the base is frozen; LoRA adapters and the fresh head train."""
+    model = load_classifier(params.model.name, params.labels)
+    return lora.wrap(model, params.train.lora, "classify") if params.train.method == "lora" else model
+
+
 def training_args(params: Params, checkpoints: Path, precision: str):
     from transformers import TrainingArguments
 
@@ -100,13 +107,17 @@ def training_args(params: Params, checkpoints: Path, precision: str):
 
 def train(params: Params, tokenized: Path, out: Path, checkpoints: Path) -> dict:
     import torch
-    from transformers import DataCollatorWithPadding, Trainer
+    from transformers import DataCollatorWithPadding, Trainer, set_seed
 
     if params.train.num_threads:
         torch.set_num_threads(params.train.num_threads)
     precision = device_precision(params.train.precision)
     tokenizer = load_tokenizer(params.model.name)
-    model = load_classifier(params.model.name, params.labels)
+    # The Trainer seeds only once the model exists: the fresh head (and LoRA's A matrices) would start
+    # from a different random draw in every process, and no two runs would agree.
+    set_seed(params.seed)
+    model = build_model(params)
+    counts = lora.parameter_counts(model)  # before the merge, which leaves nothing to count as trainable
     train_set = TokenDataset(pd.read_parquet(tokenized / "train.parquet"))
     eval_set = TokenDataset(pd.read_parquet(tokenized / "eval.parquet"))
     resume = last_checkpoint(checkpoints, fingerprint(params, tokenized))
@@ -120,7 +131,8 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path) -> dict
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - started
     final = trainer.evaluate()
-    trainer.save_model(str(out))  # safetensors, config with id2label
+    # LoRA: adapters folded into the base, so evaluate, quantize and package load a plain model.
+    lora.merge(trainer.model).save_pretrained(str(out))  # safetensors, config with id2label
     tokenizer.save_pretrained(str(out))
     cli.write_json(out / "labels.json", params.labels)
     steps_run = trainer.state.global_step - start_step
@@ -132,6 +144,7 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path) -> dict
         "train_loss": round(result.training_loss, 4), "eval_accuracy": round(final["eval_accuracy"], 4),
         "eval_loss": round(final["eval_loss"], 4), "global_step": trainer.state.global_step,
         "resumed_from_step": start_step, "train_rows": len(train_set), "precision": precision,
+        "method": params.train.method, **counts,
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
         "peak_rss_mb": round(peak_rss, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,

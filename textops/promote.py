@@ -4,6 +4,7 @@
   python -m textops.promote promote --version 3 --force --reason "hotfix approved by X"
   python -m textops.promote rollback [--reason ...]  # champion back to previous
   python -m textops.promote status                   # aliases and the audit log
+  python -m textops.promote gate --task story        # the story generator: lower perplexity wins
 
 Exit code 0 when the gate promotes (or nothing changes), 2 when it refuses, 1 on an error.
 """
@@ -19,7 +20,7 @@ from textops.errors import PipelineError
 from textops.params import load_params
 from textops.tracking import configure
 
-DEFAULT_EVAL = "outputs/sentiment/prepared/eval.parquet"
+DEFAULT_EVAL = {"sentiment": "outputs/sentiment/prepared/eval.parquet", "story": "outputs/story/tokenized/eval.npy"}
 
 
 def status(name: str) -> dict:
@@ -36,17 +37,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["gate", "promote", "rollback", "status"])
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--eval", default=DEFAULT_EVAL, type=Path, help=f"frozen eval set (default {DEFAULT_EVAL})")
+    ap.add_argument("--task", choices=sorted(DEFAULT_EVAL), default="sentiment", help="which model (default sentiment)")
+    ap.add_argument("--eval", type=Path, help=f"frozen eval set (default per task: {DEFAULT_EVAL})")
     ap.add_argument("--version", help="a version number (gate: instead of the challenger; promote: required)")
     ap.add_argument("--force", action="store_true", help="promote: skip the gate (needs --reason)")
     ap.add_argument("--reason", default="", help="why: written into the audit log")
     args = ap.parse_args(argv)
     try:
         params = load_params(args.params)
-        configure(params.tracking.experiment)
-        name = params.package.model_name
-        if args.command == "gate":
-            result = registry.gate(name, args.eval, params.labels, params.promote, args.version)
+        task = params.story if args.task == "story" else params
+        configure(task.tracking.experiment)
+        name = task.package.model_name
+        eval_path = args.eval or Path(DEFAULT_EVAL[args.task])
+        if args.command == "gate" and args.task == "story":
+            result = registry.story_gate(name, eval_path, params.story.promote, args.version)
+        elif args.command == "gate":
+            result = registry.gate(name, eval_path, params.labels, params.promote, args.version)
         elif args.command == "promote":
             if not (args.force and args.version):
                 raise PipelineError("promote needs --version N --force --reason \"...\" (use `gate` for the checked path)")

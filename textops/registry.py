@@ -4,6 +4,8 @@ Aliases: `challenger` (newest registered), `champion` (what serves), `previous` 
 MLflow keeps no history of aliases, so every change is appended to the registered model's tags as
 `audit.NNNNN` (JSON: who, when, alias, from, to, reason, evidence). Changes made by hand in the UI
 are honoured: everything reads the aliases live, and the next change notes the hand-made one.
+Two tasks share the mechanics: the sentiment gate scores accuracy (higher wins), the story gate perplexity
+(lower wins); `judge` takes the task's scorer and decision rule.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import version as installed
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from textops.errors import PipelineError
-from textops.params import PromoteParams
+from textops.params import PromoteParams, StoryPromoteParams
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 AUDIT = "audit."
@@ -152,25 +155,37 @@ def requirements() -> list[str]:
     return [f"{p}=={installed(p)}" for p in SERVING_PACKAGES]
 
 
-def register(name: str, run_id: str, package_dir: Path, fp32_dir: Path, evidence: dict[str, str]) -> str:
-    """Log the package as a pyfunc in the run, register it as a new version, tag it, alias challenger."""
-    import mlflow
+def flavour(task: str, package_dir: Path) -> tuple[Any, Any, Any, dict | None]:
+    """The task's pyfunc, an input example, the package's output for it, and the params schema (story)."""
+    if task == "story":
+        from textops.story.pyfunc import GeneratorModel, example
+
+        return (GeneratorModel(), *example(package_dir))
     import pandas as pd
-    from mlflow.models import infer_signature
 
     from textops.inference import OnnxClassifier
     from textops.pyfunc import ClassifierModel, as_frame
 
+    frame = pd.DataFrame({"text": ["a charming , funny film .", "a dull mess ."]})
+    output = as_frame(OnnxClassifier(package_dir, "model.onnx").classify(list(frame["text"])))
+    return ClassifierModel(), frame, output, None
+
+
+def register(name: str, run_id: str, package_dir: Path, fp32_dir: Path, evidence: dict[str, str],
+             task: str = "sentiment") -> str:
+    """Log the package as a pyfunc in the run, register it as a new version, tag it, alias challenger."""
+    import mlflow
+    from mlflow.models import infer_signature
+
     if not (package_dir / "model.onnx").is_file():
         raise RegistryError(f"{package_dir}/model.onnx is missing: run the package stage first (dvc repro)")
-    example = pd.DataFrame({"text": ["a charming , funny film .", "a dull mess ."]})
-    output = as_frame(OnnxClassifier(package_dir, "model.onnx").classify(list(example["text"])))
+    python_model, example, output, params = flavour(task, package_dir)
     version = None
     try:
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=ClassifierModel(), artifacts={"package": str(package_dir)},
-                code_paths=[str(Path(__file__).parent)], signature=infer_signature(example, output),
+                name="model", python_model=python_model, artifacts={"package": str(package_dir)},
+                code_paths=[str(Path(__file__).parent)], signature=infer_signature(example, output, params),
                 input_example=example, pip_requirements=requirements(), registered_model_name=name)
         version = str(info.registered_model_version)
         client().log_artifacts(run_id, str(fp32_dir), "fp32_model")
@@ -219,8 +234,10 @@ def decide(challenger: dict, champion: dict | None, p: PromoteParams) -> list[st
     return reasons
 
 
-def gate(name: str, eval_path: Path, labels: list[str], p: PromoteParams, version: str | None = None) -> dict:
-    """Challenger (or `version`) against champion on the same eval set; moves aliases on pass."""
+def judge(name: str, eval_path: Path, score: Callable[[str], dict], decide_fn: Callable[[dict, dict | None], list[str]],
+          version: str | None = None) -> dict:
+    """Challenger (or `version`) against champion, each scored by `score` on the same frozen eval set; moves
+    aliases on pass. `score(version)` gives the task's metric ({"accuracy": ..} or {"perplexity": ..})."""
     if not Path(eval_path).is_file():
         raise RegistryError(f"frozen eval set {eval_path} not found (run `dvc repro` or pass --eval)")
     with promotion_lock(name):
@@ -235,14 +252,13 @@ def gate(name: str, eval_path: Path, labels: list[str], p: PromoteParams, versio
         champion_version = version_of(name, CHAMPION)
         if champion_version == candidate:
             return {"decision": "unchanged", "version": candidate, "reasons": [f"v{candidate} is already champion"]}
-        challenger = {**tags, "version": candidate, "accuracy": accuracy_on(name, candidate, eval_path, labels)}
-        champion = None
-        if champion_version is not None:
-            champion = {"version": champion_version,
-                        "accuracy": accuracy_on(name, champion_version, eval_path, labels)}
-        reasons = decide(challenger, champion, p)
-        evidence = {"eval_set_sha256": file_sha256(eval_path), "challenger_accuracy": challenger["accuracy"],
-                    "champion_accuracy": champion and champion["accuracy"], "champion_version": champion_version}
+        scored = score(candidate)
+        challenger = {**tags, "version": candidate, **scored}
+        champion = None if champion_version is None else {"version": champion_version, **score(champion_version)}
+        reasons = decide_fn(challenger, champion)
+        evidence = {"eval_set_sha256": file_sha256(eval_path),
+                    **{f"challenger_{k}": v for k, v in scored.items()},
+                    **{f"champion_{k}": champion and champion[k] for k in scored}, "champion_version": champion_version}
         c = client()
         c.set_model_version_tag(name, candidate, "gate.decision", "refused" if reasons else "promoted")
         c.set_model_version_tag(name, candidate, "gate.reasons", "; ".join(reasons)[:4900] or "none")
@@ -256,6 +272,48 @@ def gate(name: str, eval_path: Path, labels: list[str], p: PromoteParams, versio
         if version_of(name, CHALLENGER) == candidate:
             move(name, CHALLENGER, None, f"v{candidate} became champion")
         return {"decision": "promoted", "version": candidate, "reasons": [], "evidence": evidence}
+
+
+def gate(name: str, eval_path: Path, labels: list[str], p: PromoteParams, version: str | None = None) -> dict:
+    """The sentiment gate: accuracy on the frozen eval parquet, higher wins."""
+    return judge(name, eval_path, lambda v: {"accuracy": accuracy_on(name, v, eval_path, labels)},
+                 lambda challenger, champion: decide(challenger, champion, p), version)
+
+
+# ---------------------------------------------------------------- the story gate (lower perplexity wins)
+
+def perplexity_on(name: str, version: str, eval_path: Path, batch_size: int = 32) -> float:
+    """Load a version from the registry (as serving would) and score its INT8 ONNX on the frozen eval blocks."""
+    import mlflow
+    import numpy as np
+
+    from textops.story import lm
+
+    generator = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().generator
+    blocks = lm.eval_blocks(np.load(eval_path), generator.context)
+    return round(lm.perplexity_of(lm.mean_loss(generator.logits, blocks, batch_size)), 4)
+
+
+def decide_story(challenger: dict, champion: dict | None, p: StoryPromoteParams) -> list[str]:
+    """Reasons to refuse a story challenger (empty: promote). Pure: evidence in, reasons out."""
+    reasons, ppl = [], challenger["perplexity"]
+    if ppl > p.max_perplexity:
+        reasons.append(f"perplexity {ppl:.4f} is over the ceiling story.promote.max_perplexity={p.max_perplexity}")
+    if champion is not None and ppl > champion["perplexity"] * (1 + p.perplexity_tolerance):
+        excess = ppl / champion["perplexity"] - 1
+        reasons.append(f"perplexity {ppl:.4f} exceeds champion v{champion['version']} ({champion['perplexity']:.4f}) "
+                       f"by {excess:.2%}, over story.promote.perplexity_tolerance={p.perplexity_tolerance}")
+    if challenger.get("int8_gate") != "passed":
+        reasons.append(f"the INT8-vs-FP32 checks did not pass (int8_gate={challenger.get('int8_gate')})")
+    if float(challenger.get("size_mb", "inf")) > p.max_size_mb:
+        reasons.append(f"INT8 model size {challenger.get('size_mb')} MB is over story.promote.max_size_mb="
+                       f"{p.max_size_mb}")
+    return reasons
+
+
+def story_gate(name: str, eval_path: Path, p: StoryPromoteParams, version: str | None = None) -> dict:
+    return judge(name, eval_path, lambda v: {"perplexity": perplexity_on(name, v, eval_path)},
+                 lambda challenger, champion: decide_story(challenger, champion, p), version)
 
 
 def force(name: str, version: str, reason: str) -> dict:

@@ -9,7 +9,7 @@ import yaml
 
 from conftest import ROOT, copy_repo, sentences, write_tsv
 from pipelines.dag import stage_order
-from pipelines.flows import data_hash, pipeline, retrain
+from pipelines.flows import TASKS, data_hash, known_task, pipeline, retrain, source_key
 from pipelines.serve import deployment
 
 STAGES = ["prepare", "tokenize", "train", "evaluate", "quantize", "package"]
@@ -49,10 +49,20 @@ def tiny_repo(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 def test_stage_order_comes_from_dvc_yaml():
-    assert stage_order(ROOT / "dvc.yaml") == STAGES
+    assert stage_order(ROOT / "dvc.yaml", ["package"]) == STAGES
+    assert stage_order(ROOT / "dvc.yaml", ["story_package"]) == [f"story_{s}" for s in STAGES]
+    assert sorted(stage_order(ROOT / "dvc.yaml")) == sorted(STAGES + [f"story_{s}" for s in STAGES])
     assert stage_order(ROOT / "dvc.yaml", ["evaluate"]) == ["prepare", "tokenize", "train", "evaluate"]
     with pytest.raises(ValueError, match="unknown stage"):
         stage_order(ROOT / "dvc.yaml", ["deploy"])
+
+
+def test_each_task_names_its_last_stage_and_source_key():
+    graph_stages = set(stage_order(ROOT / "dvc.yaml"))
+    assert {spec["final"] for spec in TASKS.values()} <= graph_stages
+    assert source_key("story") == "story.prepare.source" and source_key("sentiment") == "prepare.source"
+    with pytest.raises(ValueError, match="unknown task 'poems'"):
+        known_task("poems")
 
 
 def test_flow_runs_every_stage_then_dvc_skips_them(tiny_repo):
@@ -103,13 +113,14 @@ SLOW = ("import pathlib, time\n"
 
 
 def scratch(tmp_path: Path, cmd: str, retries: int, script: str = FLAKY) -> Path:
-    """A one-stage DVC repository whose stage runs `cmd` (step.py holds `script`)."""
+    """A one-stage DVC repository whose stage runs `cmd` (step.py holds `script`); named `package`, the
+    sentiment task's last stage, which is what the flow runs."""
     repo = tmp_path / "scratch"
     repo.mkdir()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["orchestrate"].update(retries=retries, retry_delay_s=0)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"step": {"cmd": cmd, "outs": ["out.txt"]}}}))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"package": {"cmd": cmd, "outs": ["out.txt"]}}}))
     (repo / "step.py").write_text(script)
     (repo / ".gitignore").write_text(".started\n")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
