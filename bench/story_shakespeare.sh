@@ -17,6 +17,6 @@ exec bash "$repo/bench/story_run.sh" shakespeare \
   story.train.max_steps=2000 story.train.batch_size=12 story.train.learning_rate=2e-3 \
   story.train.min_learning_rate=2e-4 story.train.warmup_steps=100 story.train.beta2=0.99 \
   story.train.weight_decay=0.1 story.train.max_grad_norm=1.0 story.train.eval_steps=250 story.train.save_steps=500 \
-  story.train.logging_steps=50 story.train.num_threads=1 \
+  story.train.logging_steps=50 \
   'story.evaluate.prompts=["ROMEO:", "JULIET:"]' story.evaluate.max_new_tokens=50 \
   "$@"

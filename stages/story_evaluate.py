@@ -18,8 +18,8 @@ from textops import cli
 from textops.errors import GateFailed, PipelineError
 from textops.params import GenerationParams, Params
 from textops.story.corpus import SEPARATOR
-from textops.story.lm import (distinct, eval_blocks, generation_config, mean_loss, perplexity_of, repetition_rate,
-                              torch_logits)
+from textops.story.lm import (distinct, eval_blocks, generation_config, mean_loss, passive_thread_wait, perplexity_of,
+                              repetition_rate, torch_logits)
 from textops.tracking import ModelRun, numeric
 
 log = logging.getLogger("textops.story_evaluate")
@@ -121,6 +121,7 @@ def run(params: Params, model: Path, tokenized: Path, metrics: Path, report: Pat
 
 
 def main(argv=None) -> int:
+    passive_thread_wait()
     return cli.main("story_evaluate", __doc__, ["model", "tokenized", "metrics", "report"], run, argv)
 
 

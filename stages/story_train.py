@@ -26,7 +26,7 @@ from textops import cli, lora
 from textops.errors import PipelineError
 from textops.modeling import device_precision
 from textops.params import Params, flatten
-from textops.story.lm import build_model, eval_blocks, perplexity_of
+from textops.story.lm import build_model, eval_blocks, passive_thread_wait, perplexity_of
 from textops.tracking import ModelRun, numeric, write_run_id
 from stages.train import last_checkpoint
 
@@ -218,6 +218,7 @@ def run(params: Params, tokenized: Path, prepare_metrics: Path, out: Path, check
 
 
 def main(argv=None) -> int:
+    passive_thread_wait()
     return cli.main("story_train", __doc__, ["tokenized", "prepare-metrics", "out", "checkpoints", "curve", "metrics"],
                     run, argv)
 
