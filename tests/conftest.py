@@ -140,3 +140,26 @@ def run_all_stages(root: Path, params: Params) -> dict:
     quantize.run(params, p["model"], p["prepared"], p["fp32"], p["int8"], m["quantize"])
     package.run(params, p["model"], p["int8"], m["prepare"], m["train"], m["evaluate"], m["quantize"], p["package"])
     return {"params": params, "root": root, **p, "metrics": {k: json.loads(v.read_text()) for k, v in m.items()}}
+
+
+def fit_tiny_lm(model, tok, texts: list[str], context: int, steps: int, stride: int | None = None) -> None:
+    """A few AdamW steps of a tiny causal LM on `texts` (joined by eos): a random GPT-2 repeats one token
+    under greedy decoding and its byte-level output is mostly broken UTF-8, which would make the story
+    tests trivial. One batch of windows every `stride` tokens, or the first `context` tokens."""
+    import torch
+
+    ids = [tok.eos_token_id]
+    for text in texts:
+        ids += tok(text)["input_ids"] + [tok.eos_token_id]
+    starts = range(0, len(ids) - context + 1, stride) if stride else [0]
+    batch = torch.tensor([ids[i:i + context] for i in starts])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small trains faster on one thread of a busy machine
+    try:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            model(batch, labels=batch).loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)

@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 
+from conftest import fit_tiny_lm
 from textops.params import GenerationParams, parse_params
 from textops.story import generation as G
 
@@ -15,27 +16,6 @@ CORPUS = ["Once upon a time there was a little dog named Max.", "Lily went to th
           "café, naïve — “quoted” 日本語 🙂"]
 GREEDY = GenerationParams()
 PROMPTS = ["Once upon a time", "Lily went", "日本語 🙂 café"]
-
-
-def fit(model, tok, steps: int = 40) -> None:
-    """A few steps on CORPUS: a random GPT-2 repeats one token under greedy decoding, which would make the
-    parity tests trivial, and its byte-level output is mostly broken UTF-8."""
-    import torch
-
-    ids = [tok.eos_token_id]
-    for text in CORPUS:
-        ids += tok(text)["input_ids"] + [tok.eos_token_id]
-    batch = torch.tensor([ids[i:i + CONTEXT] for i in range(0, len(ids) - CONTEXT + 1, 8)])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small trains faster on one thread of a busy machine
-    try:
-        for _ in range(steps):
-            optimizer.zero_grad()
-            model(batch, labels=batch).loss.backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +40,7 @@ def built(tmp_path_factory):
                         bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)
-    fit(model, tok)
+    fit_tiny_lm(model, tok, CORPUS, CONTEXT, steps=40, stride=8)
     model.save_pretrained(root / "model")
     export(root / "model", root / "fp32")
     config_name, _ = quantize(root / "model", root / "fp32", root / "int8", per_channel=True, exclude=[])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from conftest import fit_tiny_lm
+
 NAME = "story-generator"  # story.package.model_name in params.yaml
 CONTEXT = 64
 TEXTS = ["Once upon a time, there was a little girl named Lily.", "The little dog ran to the park with Tom.",
@@ -31,28 +33,6 @@ def tokenizer(folder: Path):
     return tok
 
 
-def fit(model, tok, steps: int) -> None:
-    """A few full-batch steps on TEXTS: byte-level output of a random model is mostly broken UTF-8,
-    which the generator holds back, so a stream would have few chunks to test."""
-    import torch
-
-    ids = [tok.eos_token_id]
-    for text in TEXTS:
-        ids += tok(text)["input_ids"] + [tok.eos_token_id]
-    batch = torch.tensor([ids[:CONTEXT]])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small: 0.6 s on one thread, 6 s on two of a busy machine
-    try:
-        for _ in range(steps):
-            optimizer.zero_grad()
-            model(batch, labels=batch).loss.backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
-
-
 def build_package(root: Path, seed: int = 0, steps: int = 60) -> Path:
     """root/package: INT8 model.onnx with past key values, config.json and the tokenizer files."""
     import torch
@@ -66,7 +46,8 @@ def build_package(root: Path, seed: int = 0, steps: int = 60) -> Path:
                         bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)
-    fit(model, tok, steps)
+    fit_tiny_lm(model, tok, TEXTS, CONTEXT, steps)
+    model.eval()
     model.save_pretrained(model_dir)
     ORTModelForCausalLM.from_pretrained(model_dir, export=True, use_cache=True).save_pretrained(fp32)
     package.mkdir()
