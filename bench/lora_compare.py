@@ -17,7 +17,7 @@ GPU, where the train stage reports it), seconds per optimizer step (train_runtim
 and the metric. The markdown table is printed and written to --out with the command line.
 
 Run: python bench/lora_compare.py [--task both|sentiment|story] [--sst2-rows 4000] [--shakespeare-steps 300]
-     [--sst2-lora-lr 2e-4 5e-4 1e-3] [--story-full-lr ...] [--story-lora-lr ...]   (several: a row each)
+     [--sst2-lora-lr 5e-4 1e-3 2e-3] [--story-full-lr ...] [--story-lora-lr ...]   (several: a row each)
      [--work DIR (kept)] [--stories-model DIR/stories/model (reuse)]
 Smoke: python bench/lora_compare.py --sst2-rows 64 --stories-steps 5 --shakespeare-steps 5 --out /tmp/lora.md
 """
@@ -198,7 +198,7 @@ def arguments(argv=None) -> argparse.Namespace:
     ap.add_argument("--sst2-batch", type=int, default=16, help="bench/sst2.sh's recipe: batch 16")
     # Several values give a row each: a small learning-rate sweep per method.
     ap.add_argument("--sst2-full-lr", type=float, nargs="+", default=[1e-4], help="bench/sst2.sh's recipe: 1e-4")
-    ap.add_argument("--sst2-lora-lr", type=float, nargs="+", default=[5e-4])
+    ap.add_argument("--sst2-lora-lr", type=float, nargs="+", default=[2e-3])
     ap.add_argument("--stories-steps", type=int, default=None, help="default: the story config's epochs")
     ap.add_argument("--stories-model", type=Path, default=None,
                     help="a stories model folder from an earlier run (work/stories/model): skips training one")

@@ -18,6 +18,7 @@ from textops import cli
 from textops.errors import GateFailed, PipelineError
 from textops.params import GenerationParams, Params
 from textops.story.corpus import SEPARATOR
+from textops.story.generation import document_ids
 from textops.story.lm import (distinct, eval_blocks, generation_config, mean_loss, passive_thread_wait, perplexity_of,
                               repetition_rate, torch_logits)
 from textops.tracking import ModelRun, numeric
@@ -50,8 +51,9 @@ def generate(model, tokenizer, prompt: str, seed: int, g: GenerationParams, max_
     import torch
     from transformers import set_seed
 
-    enc = tokenizer(prompt, return_tensors="pt")
-    room = model.config.n_positions - enc["input_ids"].shape[1]
+    ids = torch.tensor([document_ids(tokenizer, prompt, tokenizer.eos_token_id)])
+    enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    room = model.config.n_positions - ids.shape[1]
     if room < 1:
         raise PipelineError(f"story.evaluate.prompts: '{prompt[:40]}' fills the model's {model.config.n_positions} "
                             f"positions; shorten it")

@@ -210,13 +210,28 @@ def test_context_policy(built):
     capped = fp32.generate("Once upon a time", 100, GREEDY)
     assert capped["finish_reason"] == "context" and capped["new_tokens"] == room
     long_prompt = " ".join(["Lily went to the park."] * 20)
-    full = len(fp32.tokenizer(long_prompt)["input_ids"])
+    full = 1 + len(fp32.tokenizer(long_prompt, add_special_tokens=False)["input_ids"])  # eos starts it
     over = fp32.generate(long_prompt, 10, GREEDY)
     assert over["prompt_tokens"] == CONTEXT - 1 and over["prompt_truncated"] == full - (CONTEXT - 1)
     assert over["new_tokens"] == 1 and over["finish_reason"] == "context"
     # the kept tail decides the continuation: the same as prompting with those tokens alone
     tail = fp32.prompt_ids(long_prompt)
     assert list(fp32.token_ids(long_prompt, 1, GREEDY)) == list(fp32.token_ids(tail, 1, GREEDY))
+
+
+def test_a_prompt_starts_a_document_here_and_in_story_evaluate(torch_model, fp32):
+    """Training saw each document after an eos; the service and the evaluation report prompt the same way."""
+    from stages.story_evaluate import generate
+
+    prompt = "Lily went"
+    assert fp32.prompt_ids(prompt) == [fp32.eos_token_id] + fp32.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ours = list(fp32.token_ids(prompt, 8, GREEDY, ignore_eos=True))
+    expected = torch_generate(torch_model, fp32.prompt_ids(prompt), 8, do_sample=False, eos_token_id=None)
+    assert ours == expected
+    report = generate(torch_model, fp32.tokenizer, prompt, 0, GREEDY, 8)
+    served = fp32.generate(prompt, 8, GREEDY)
+    assert report["new_tokens"] == served["new_tokens"] + (served["finish_reason"] == "eos")
+    assert report["continuation"] == served["text"]
 
 
 def test_empty_prompt_starts_from_eos(fp32):

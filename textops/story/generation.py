@@ -11,7 +11,9 @@ Context policy (GPT-2 has learned absolute positions, so nothing may pass n_posi
 - a prompt longer than `context - 1` tokens keeps its LAST `context - 1` tokens (the recent text
   matters most for a continuation), so at least one new token always fits;
 - prompt + new tokens never exceed `context`: generation then stops with finish_reason "context";
-- an empty prompt starts from the eos token (GPT-2's document separator), as training saw documents.
+- a prompt starts after the eos token (GPT-2's document separator), where training saw every document
+  start (story_tokenize's stream); an empty prompt is that eos alone. story_evaluate encodes the same way
+  (`document_ids`), so the service continues a prompt as the evaluation report does.
 """
 from __future__ import annotations
 
@@ -24,6 +26,11 @@ import numpy as np
 from textops.params import GenerationParams
 
 REPLACEMENT = "\ufffd"  # what a byte-level decoder makes of an incomplete UTF-8 sequence
+
+
+def document_ids(tokenizer, prompt: str, eos_token_id: int) -> list[int]:
+    """A prompt's token ids as the start of a document: the eos separator, then the prompt's tokens."""
+    return [eos_token_id] + (tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
 
 
 # ---------------------------------------------------------------- sampling processors (pure, one sequence)
@@ -173,9 +180,8 @@ class OnnxGenerator:
     # -- decoding
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        """The prompt's tokens, cut to its last context - 1 (see the module docstring); eos when empty."""
-        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-        return (ids or [self.eos_token_id])[-(self.context - 1):]
+        """eos and the prompt's tokens, cut to the last context - 1 (see the module docstring)."""
+        return document_ids(self.tokenizer, prompt, self.eos_token_id)[-(self.context - 1):]
 
     def _steps(self, prompt: str | Sequence[int], max_new_tokens: int, setting: GenerationParams,
                seed: int | None, ignore_eos: bool) -> Generator[int, None, str]:
@@ -218,7 +224,7 @@ class OnnxGenerator:
         "prompt_tokens": tokens the model saw, "prompt_truncated": prompt tokens dropped to fit the context}."""
         pieces, (ids, reason) = drain(text_pieces(self._decode, self._steps(prompt, max_new_tokens, setting, seed,
                                                                            False)))
-        full = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"]) if prompt else 0
+        full = len(document_ids(self.tokenizer, prompt, self.eos_token_id))
         seen = len(self.prompt_ids(prompt))
         return {"text": "".join(pieces), "new_tokens": len(ids), "finish_reason": reason,
                 "prompt_tokens": seen, "prompt_truncated": max(full - seen, 0)}
