@@ -19,8 +19,12 @@ cd "$work/repo"
 export HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true
 max_rows=$([ "$rows" = all ] && echo null || echo "$rows")
 start=$(date +%s)
+# A failed gate stops dvc (quantize's metrics are written first); the baseline and the comparison still run.
+status=0
 dvc exp run -S "prepare.source=$data" -S "prepare.max_train_rows=$max_rows" -S "train.epochs=$epochs" \
-  -S quantize.min_agreement=0.99 -S quantize.max_accuracy_drop=0.005 "${extra[@]}" 2>&1 | grep -vE "it/s\]|s/it\]" | tail -40
+  -S quantize.min_agreement=0.99 -S quantize.max_accuracy_drop=0.005 "${extra[@]}" 2>&1 | grep -vE "it/s\]|s/it\]" | tail -40 \
+  || status=$?
+[ "$status" = 0 ] || echo "the pipeline stopped (exit $status): see the gate message above"
 wall=$(( $(date +%s) - start ))
 dvc exp show --no-pager --md 2>/dev/null | head -5 || true
 echo "pipeline wall time: ${wall} s"

@@ -1,7 +1,45 @@
-"""A request body limit for the service: BentoML sets none (STACK_NOTES: 200 MB bodies got 200)."""
+"""What a client's mistakes cost the services: a request body limit (BentoML sets none: STACK_NOTES, 200 MB
+bodies got 200), and one log line per client error instead of BentoML's traceback."""
 from __future__ import annotations
 
 import json
+import logging
+
+# BentoML's log_exception() logs here, at ERROR with the traceback, for every failed request.
+BENTOML_REQUEST_LOG = "bentoml._internal.server.http_app"
+
+
+def is_client_error(error: BaseException) -> bool:
+    """A 4xx: the request's fault (validation of the body, or a BentoML error under 500)."""
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        return True
+    return isinstance(error, BentoMLException) and int(error.error_code) < 500
+
+
+class ClientErrorLog(logging.Filter):
+    """Client errors become one INFO line naming the problem. BentoML formats a full traceback at ERROR for
+    each one, and every 400 looked like a server fault in the log (and cost a traceback's formatting).
+    Server errors (5xx, anything else) keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and is_client_error(error):
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            record.msg = "client error on %s [%s]: %s"
+            record.args = (*(record.args or ("?", "?"))[:2], f"{type(error).__name__}: {first[:300]}")
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_client_errors() -> None:
+    """Install ClientErrorLog once (both services call it when their module loads)."""
+    logger = logging.getLogger(BENTOML_REQUEST_LOG)
+    if not any(isinstance(f, ClientErrorLog) for f in logger.filters):
+        logger.addFilter(ClientErrorLog())
 
 
 class BodyLimit:

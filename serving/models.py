@@ -9,6 +9,7 @@ itself and follows the alias (registry mode).
 """
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import attrs
+from _bentoml_sdk.decorators import on_shutdown
 from _bentoml_sdk.models import Model  # the reference base class (bentoml.models.Model is the stored model)
 
 from textops.errors import PipelineError
@@ -108,6 +110,41 @@ def follow(name: str, alias: str, interval_s: float, stop: threading.Event, serv
             broken = version
             log.warning("could not follow %s@%s: v%s failed to load (%s); still serving v%s until the alias "
                         "moves again", name, alias, version, error, current)
+
+
+class Hosted:
+    """What both services do around their model: load it from `model_ref` (the Bento's copy, or the registry),
+    and in registry mode follow the alias on a thread, loading a new version beside the one in service and
+    then switching with one reference swap. Subclasses are the `@bentoml.service` classes; they call
+    `host(load, ...)` in `__init__`. BentoML finds the inherited shutdown hook (it looks through `dir()`)."""
+
+    model_ref: RegistryModel  # set on the subclass
+
+    def host(self, load: t.Callable[[Source], t.Any], poll_interval_s: float, log: logging.Logger) -> None:
+        self.ref = type(self).model_ref  # the reference itself; self.model_ref resolves it
+        self.mode = "registry" if self.ref.bundled_tag() is None else "bento"
+        self._load = load
+        self.loaded = load(self.model_ref)
+        log.info("serving %s v%s (%s mode)", self.loaded.metadata["name"], self.loaded.metadata["version"], self.mode)
+        # Everything loaded so far (transformers, onnxruntime, mlflow: millions of objects) is long-lived:
+        # move it out of the collector's sight, or each full collection stalls requests (gc.freeze docs).
+        gc.collect()
+        gc.freeze()
+        self._stop = threading.Event()
+        if self.mode == "registry":
+            threading.Thread(target=follow, name="follow-alias", daemon=True,
+                             args=(self.ref.name, self.ref.alias, poll_interval_s, self._stop,
+                                   lambda: self.loaded.metadata["version"], self._swap, log)).start()
+
+    def __is_ready__(self) -> bool:
+        return getattr(self, "loaded", None) is not None
+
+    def _swap(self, source: Source) -> None:
+        self.loaded = self._load(source)  # one reference swap: atomic
+
+    @on_shutdown
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def bento_tag(metadata: dict) -> str:

@@ -11,9 +11,7 @@ cut at `model.max_length` tokens, as in training), more than `serve.max_items` t
 """
 from __future__ import annotations
 
-import gc
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,8 +26,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from serving import batching
-from serving.limits import BodyLimit
-from serving.models import RegistryModel, Source, follow
+from serving.limits import BodyLimit, quiet_client_errors
+from serving.models import Hosted, RegistryModel, Source
 from textops.params import load_params
 
 log = logging.getLogger("bentoml.service.sentiment")
@@ -37,6 +35,7 @@ log = logging.getLogger("bentoml.service.sentiment")
 PARAMS = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
 SERVE = PARAMS.serve
 batching.use(SERVE.batch_wait)  # before BentoML builds the app's dispatchers (see serving/batching.py)
+quiet_client_errors()  # 4xx: one log line, not a traceback (serving/limits.py)
 WARMUP = ["a warm-up sentence .", "another , somewhat longer warm-up sentence so shapes vary a little ."]
 
 
@@ -95,24 +94,11 @@ async def metadata(request: Request) -> JSONResponse:
 @bentoml.asgi_app(Starlette(routes=[Route("/metadata", metadata, methods=["GET"])]), path="/")
 @bentoml.service(name="sentiment", workers=SERVE.workers, traffic={"timeout": 60},
                   logging={"access": {"enabled": SERVE.access_log}})
-class Sentiment:
+class Sentiment(Hosted):
     model_ref = RegistryModel(PARAMS.package.model_name, SERVE.alias)
 
     def __init__(self) -> None:
-        self.ref = type(self).model_ref  # the reference itself; self.model_ref resolves it
-        self.mode = "registry" if self.ref.bundled_tag() is None else "bento"
-        self.loaded = load(self.model_ref)
-        log.info("serving %s v%s (%s mode)", self.loaded.metadata["name"], self.loaded.metadata["version"], self.mode)
-        # Everything loaded so far (transformers, onnxruntime, mlflow: millions of objects) is long-lived:
-        # move it out of the collector's sight, or each full collection stalls requests (gc.freeze docs).
-        gc.collect()
-        gc.freeze()
-        self._stop = threading.Event()
-        if self.mode == "registry":
-            threading.Thread(target=self._follow, name="follow-alias", daemon=True).start()
-
-    def __is_ready__(self) -> bool:
-        return getattr(self, "loaded", None) is not None
+        self.host(load, SERVE.poll_interval_s, log)
 
     @bentoml.api(batchable=True, max_batch_size=SERVE.max_batch_size, max_latency_ms=SERVE.max_latency_ms)
     # The content type is declared so BentoML does not build the output's JSON schema per response.
@@ -121,17 +107,6 @@ class Sentiment:
         loaded = self.loaded  # one model for the whole batch, even if a swap lands meanwhile
         rows = loaded.classifier.classify(texts, batch_size=SERVE.inference_batch_size)
         return [Prediction(**row) for row in rows]
-
-    def _follow(self) -> None:
-        follow(self.ref.name, self.ref.alias, SERVE.poll_interval_s, self._stop,
-               lambda: self.loaded.metadata["version"], self._swap, log)
-
-    def _swap(self, source: Source) -> None:
-        self.loaded = load(source)  # one reference swap: atomic
-
-    @bentoml.on_shutdown
-    def stop(self) -> None:
-        self._stop.set()
 
 
 Sentiment.add_asgi_middleware(BodyLimit, max_bytes=SERVE.max_body_bytes)

@@ -18,10 +18,8 @@ Bad input gets 4xx naming the field, never 500 and never a stream: wrong JSON ty
 """
 from __future__ import annotations
 
-import gc
 import json
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, AsyncGenerator
@@ -35,14 +33,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serving.limits import BodyLimit
-from serving.models import RegistryModel, Source, follow
+from serving.limits import BodyLimit, quiet_client_errors
+from serving.models import Hosted, RegistryModel, Source
 from textops.params import GenerationParams, load_params
 
 log = logging.getLogger("bentoml.service.story")
 # Read beside this file, so the repository and a built Bento (which includes params.yaml) agree.
 PARAMS = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
 SERVE = PARAMS.story.serve
+quiet_client_errors()  # 4xx: one log line, not a traceback (serving/limits.py)
 WARMUP = "Once upon a time"
 SEED_MAX = 2**63 - 1
 
@@ -168,23 +167,12 @@ async def metadata(request: Request) -> JSONResponse:
 
 @bentoml.asgi_app(Starlette(routes=[Route("/metadata", metadata, methods=["GET"])]), path="/")
 @bentoml.service(name="story", workers=SERVE.workers, traffic={"timeout": 120})
-class StoryGenerator:
+class StoryGenerator(Hosted):
     model_ref = RegistryModel(PARAMS.story.package.model_name, SERVE.alias)
 
     def __init__(self) -> None:
-        self.ref = type(self).model_ref  # the reference itself; self.model_ref resolves it
-        self.mode = "registry" if self.ref.bundled_tag() is None else "bento"
-        self.loaded = load(self.model_ref)
-        log.info("serving %s v%s (%s mode)", self.loaded.metadata["name"], self.loaded.metadata["version"], self.mode)
-        gc.collect()
-        gc.freeze()  # long-lived objects out of the collector's sight (see serving/service.py)
         self._steps: anyio.CapacityLimiter | None = None
-        self._stop = threading.Event()
-        if self.mode == "registry":
-            threading.Thread(target=self._follow, name="follow-alias", daemon=True).start()
-
-    def __is_ready__(self) -> bool:
-        return getattr(self, "loaded", None) is not None
+        self.host(load, SERVE.poll_interval_s, log)
 
     @bentoml.api(input_spec=GenerateRequest)
     def generate(self, **fields: Any) -> Generation:
@@ -210,17 +198,6 @@ class StoryGenerator:
         done = object()
         while (piece := await anyio.to_thread.run_sync(next, pieces, done, limiter=self._steps)) is not done:
             yield piece  # never empty: the generator holds back only partial characters
-
-    def _follow(self) -> None:
-        follow(self.ref.name, self.ref.alias, SERVE.poll_interval_s, self._stop,
-               lambda: self.loaded.metadata["version"], self._swap, log)
-
-    def _swap(self, source: Source) -> None:
-        self.loaded = load(source)  # one reference swap: atomic
-
-    @bentoml.on_shutdown
-    def stop(self) -> None:
-        self._stop.set()
 
 
 StoryGenerator.add_asgi_middleware(BodyLimit, max_bytes=SERVE.max_body_bytes)

@@ -187,5 +187,9 @@ def test_no_request_got_500_and_the_server_still_serves(registry_server):
     # The server's log holds every request it answered, those of the tests above included.
     logged = [int(s) for s in re.findall(r"\(status=(\d{3}),", registry_server.output())]
     assert len(logged) >= len(answers) and not [s for s in logged if s >= 500]
+    # Client errors are logged one line each (serving/limits.py), with no traceback.
+    log = registry_server.output()
+    assert "client error on /classify [POST]: ValidationError" in log
+    assert "Traceback" not in log
     assert classify(url, SENTENCES).status_code == 200
     assert registry_server.proc.poll() is None

@@ -307,6 +307,8 @@ def test_no_request_got_500(server):
     logged = [int(s) for s in re.findall(r"\(status=(\d{3}),", server.output())]
     assert len(logged) > 2 * len(BAD_FIELDS) and not [s for s in logged if s >= 500]
     assert "Error while streaming response" not in server.output() and server.proc.poll() is None
+    # every 4xx above is one log line, not a traceback (serving/limits.py)
+    assert "client error on /generate [POST]" in server.output() and "Traceback" not in server.output()
 
 
 # ---------------------------------------------------------------- the built Bento, without MLflow

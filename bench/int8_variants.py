@@ -1,0 +1,168 @@
+"""INT8 variants of one trained classifier, side by side: what each buys in agreement, size and speed.
+
+Issue 2 asks INT8 for >= 99 % label agreement with FP32, <= 30 % of its size and >= 4x lower single-request
+latency than PyTorch; issue 5 asks the service for 8x the naive baseline's throughput, which the model's
+own speed bounds. This measures, for the same model and the same eval texts:
+  dynamic        the quantize stage's own export (stages.quantize.export_and_quantize with params.yaml):
+                 per-tensor dynamic activations, per-channel INT8 weights
+  dynamic_fused  onnxruntime's transformer fusions first (Attention, SkipLayerNorm, BiasGelu), then the same
+                 dynamic INT8 (QAttention)
+  blockwise8     weights in 8-bit blocks of 64 (MatMulNBits, accuracy_level 4: activations quantized per row
+                 and block), embedding table dynamic INT8. Needs the onnx-ir package.
+and prints accuracy, agreement with PyTorch FP32, size against ONNX FP32, single-request p50 (1 thread, and
+2 threads spinning) against PyTorch FP32's (2 threads), and texts/s on one thread in length-sorted batches.
+
+Run: python bench/int8_variants.py --model <train's model folder> --eval <prepared/eval.parquet> [--out md]
+e.g. after bench/sst2.sh: --model /tmp/sst2-bench.X/repo/outputs/sentiment/model
+     --eval /tmp/sst2-bench.X/repo/outputs/sentiment/prepared/eval.parquet
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+from textops.inference import OnnxClassifier, TorchClassifier  # noqa: E402
+from textops.params import load_params  # noqa: E402
+
+
+def copy_side_files(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.suffix != ".onnx":
+            shutil.copy(f, dst)
+
+
+def dynamic_fused(fp32: Path, out: Path, num_heads: int, hidden: int) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    copy_side_files(fp32, out)
+    fused = optimize_model(str(fp32 / "model.onnx"), model_type="bert", num_heads=num_heads, hidden_size=hidden)
+    # The quantizer needs every tensor's type; ONNX's own shape inference stops at the contrib ops.
+    typed = SymbolicShapeInference.infer_shapes(fused.model, auto_merge=True)
+    onnx.save(typed, str(out / "fused.onnx"))
+    quantize_dynamic(str(out / "fused.onnx"), str(out / "model.onnx"), weight_type=QuantType.QInt8, per_channel=True)
+    (out / "fused.onnx").unlink()
+
+
+def blockwise8(fp32: Path, out: Path, block: int = 64) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    copy_side_files(fp32, out)
+    config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=8,
+                                          op_types_to_quantize=("MatMul",))
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32 / "model.onnx")), bits=8, block_size=block,
+                                     is_symmetric=True, accuracy_level=4, algo_config=config,
+                                     op_types_to_quantize=("MatMul",))
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out / "weights.onnx"), False)
+    # MatMulNBits quantizes no Gather at 8 bits: the embedding table (half the model) gets dynamic INT8.
+    quantize_dynamic(str(out / "weights.onnx"), str(out / "model.onnx"), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["Gather"])
+    (out / "weights.onnx").unlink()
+
+
+def p50_ms(predict, texts: list[str], requests: int = 300, warmup: int = 30) -> float:
+    times = []
+    for i in range(warmup + requests):
+        started = time.perf_counter()
+        predict([texts[i % len(texts)]])
+        if i >= warmup:
+            times.append((time.perf_counter() - started) * 1000)
+    return float(np.percentile(times, 50))
+
+
+def texts_per_s(classifier: OnnxClassifier, texts: list[str], batch: int) -> float:
+    started = time.perf_counter()
+    classifier.predict_proba(texts, batch_size=batch)
+    return len(texts) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, required=True, help="train's FP32 model folder")
+    ap.add_argument("--eval", type=Path, required=True, help="prepare's eval.parquet")
+    ap.add_argument("--out", type=Path, help="also write the report here (Markdown)")
+    args = ap.parse_args()
+    import torch
+    from transformers import AutoConfig
+
+    from stages.quantize import choose_config, cpu_flags, export_and_quantize
+
+    params = load_params(ROOT / "params.yaml")
+    q, max_length = params.quantize, params.model.max_length
+    frame = pd.read_parquet(args.eval)
+    texts = list(frame["text"])
+    labels = np.array([params.labels.index(y) for y in frame["label"]])
+    config = AutoConfig.from_pretrained(args.model)
+    work = Path(tempfile.mkdtemp(prefix="int8-variants-"))
+    import platform
+
+    export_and_quantize(args.model, work / "fp32", work / "dynamic", choose_config(q.config, cpu_flags(),
+                        platform.machine()), q.per_channel, q.exclude_nodes, q.optimize)
+    (work / "dynamic" / "model_quantized.onnx").rename(work / "dynamic" / "model.onnx")
+    builders = {"dynamic_fused": lambda out: dynamic_fused(work / "fp32", out, config.num_attention_heads,
+                                                           config.hidden_size),
+                "blockwise8": lambda out: blockwise8(work / "fp32", out)}
+    notes = []
+    for name, build in builders.items():
+        try:
+            build(work / name)
+        except ImportError as error:  # blockwise8 needs onnx-ir
+            notes.append(f"{name} skipped: {error}")
+
+    torch.set_num_threads(2)
+    reference = TorchClassifier(args.model, max_length)
+    torch_probs = reference.predict_proba(texts)
+    torch_p50 = p50_ms(reference.predict_proba, texts)
+    fp32_size = (work / "fp32" / "model.onnx").stat().st_size
+    rows = []
+    for name in ["fp32", "dynamic", "dynamic_fused", "blockwise8"]:
+        if not (work / name / "model.onnx").is_file():
+            continue
+        one = OnnxClassifier(work / name, "model.onnx", max_length, threads=1)
+        two = OnnxClassifier(work / name, "model.onnx", max_length, threads=2, spin=True)
+        probs = one.predict_proba(texts)
+        p1, p2 = p50_ms(one.predict_proba, texts), p50_ms(two.predict_proba, texts)
+        rows.append({"variant": f"onnx {name}", "accuracy": (probs.argmax(1) == labels).mean(),
+                     "agreement": (probs.argmax(1) == torch_probs.argmax(1)).mean(),
+                     "max_prob_diff": np.abs(probs - torch_probs).max(),
+                     "size": (work / name / "model.onnx").stat().st_size / fp32_size,
+                     "p50_1t": p1, "p50_2t": p2, "x_pytorch": torch_p50 / min(p1, p2),
+                     "tps_b1": texts_per_s(one, texts, 1), "tps_b16": texts_per_s(one, texts, 16)})
+    lines = [f"# INT8 variants, {datetime.now():%Y-%m-%d %H:%M}", "",
+             f"Command: `python bench/int8_variants.py --model {args.model} --eval {args.eval}`", "",
+             f"{len(texts)} eval texts, {config.num_hidden_layers} layers x {config.hidden_size}. PyTorch FP32 "
+             f"(2 threads): accuracy {(torch_probs.argmax(1) == labels).mean():.4f}, single-request p50 "
+             f"{torch_p50:.2f} ms. p50 includes tokenization; 2t = two intra-op threads, spinning. texts/s: one "
+             "thread, length-sorted batches of 1 and 16.", "",
+             "| variant | accuracy | agreement | max prob diff | size / ONNX FP32 | p50 ms 1t | p50 ms 2t | "
+             "PyTorch p50 / best | texts/s b1 | texts/s b16 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['accuracy']:.4f} | {r['agreement']:.4f} | {r['max_prob_diff']:.3f} | "
+                     f"{r['size']:.3f} | {r['p50_1t']:.2f} | {r['p50_2t']:.2f} | {r['x_pytorch']:.2f}x | "
+                     f"{r['tps_b1']:.0f} | {r['tps_b16']:.0f} |")
+    lines += [""] + notes
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+    shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
