@@ -131,18 +131,26 @@ async def fixed_rate(url: str, bodies: list[dict], rate: float, duration: float,
     return rec
 
 
-def swap_watch(base: str, name: str, version: str, at: float):
-    """Move champion to `version` after `at` seconds; time until /metadata reports it."""
-    from textops import registry
-    from textops.tracking import connect
+def swap_watch(base: str, version: str, at: float):
+    """Move champion to `version` after `at` seconds; time until /metadata reports it.
+
+    The promotion runs as its own process (`python -m textops.promote promote --force`), as the gate, the
+    CLI or the MLflow UI would. Run inside this process, MLflow's import and queries held the event loop,
+    the schedule fell behind, and the overdue requests went out as one burst that the service shed (503)."""
 
     async def run(s) -> dict:
-        connect()
         await asyncio.sleep(at)
-        before = registry.version_of(name, registry.CHAMPION)
-        moved = time.perf_counter()
-        await asyncio.to_thread(registry.force, name, version, "bench/load_test.py: hot swap under load")
-        seen = None
+        async with s.get(f"{base}/metadata") as r:
+            before = (await r.json())["version"]
+        promote = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "textops.promote", "promote", "--version", str(version), "--force",
+            "--reason", "bench/load_test.py: hot swap under load", cwd=ROOT, env={**os.environ, **ENV},
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, err = await promote.communicate()
+        if promote.returncode != 0:
+            return {"from": before, "to": version, "seconds_to_switch": None,
+                    "error": err.decode(errors="replace")[-500:]}
+        moved, seen = time.perf_counter(), None  # from the alias move, as the poll interval counts
         while seen is None and time.perf_counter() - moved < 120:
             async with s.get(f"{base}/metadata") as r:
                 if (await r.json())["version"] == str(version):
@@ -200,7 +208,7 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = ["bentoml", "serve", *([args.bento] if args.bento else []), "--host", "127.0.0.1", "--port", str(port)]
-    during = swap_watch(base, params.package.model_name, args.swap_to, args.duration / 4) if args.swap_to else None
+    during = swap_watch(base, args.swap_to, args.duration / 4) if args.swap_to else None
     proc = start(cmd, port, logs / "load_test_bento.log", {"BENTOML_HOME": os.environ.get("BENTOML_HOME", str(ROOT / "bento_home"))})
     try:
         import json
@@ -213,7 +221,9 @@ def main() -> None:
         stop(proc)
         if args.swap_to and (restore := served.get("version")):
             from textops import registry
+            from textops.tracking import connect
 
+            connect()
             registry.force(params.package.model_name, restore, "bench/load_test.py: restore after hot swap")
     if args.skip_naive:
         print(f"batch_wait={params.serve.batch_wait}\n{table({'bento (INT8, batched)': bento_rows})}")
@@ -244,6 +254,8 @@ def report(args, served: dict, texts: list[str], results: dict) -> None:
     if swap:
         seen = swap["seconds_to_switch"]
         seen = f"{seen:.1f} s after the move" if seen is not None else "never (within 120 s)"
+        if swap.get("error"):
+            seen = f"never: the promotion failed ({swap['error']})"
         lines.append(f"Hot swap during the fixed-rate run: champion v{swap['from']} -> v{swap['to']}; /metadata "
                      f"showed v{swap['to']} {seen}; errors in that run: {bento[-1].summary()['errors']}")
     text = "\n".join(lines)
