@@ -19,6 +19,7 @@ e.g. after bench/sst2.sh: --model /tmp/sst2-bench.X/repo/outputs/sentiment/model
 from __future__ import annotations
 
 import argparse
+import platform
 import shutil
 import sys
 import tempfile
@@ -110,8 +111,6 @@ def main() -> None:
     labels = np.array([params.labels.index(y) for y in frame["label"]])
     config = AutoConfig.from_pretrained(args.model)
     work = Path(tempfile.mkdtemp(prefix="int8-variants-"))
-    import platform
-
     export_and_quantize(args.model, work / "fp32", work / "dynamic", choose_config(q.config, cpu_flags(),
                         platform.machine()), q.per_channel, q.exclude_nodes, q.optimize)
     (work / "dynamic" / "model_quantized.onnx").rename(work / "dynamic" / "model.onnx")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from textops import cli
 from textops.errors import PipelineError
-from textops.params import Params, flatten
+from textops.params import Params, TrackingParams, flatten
 from textops.tracking import ModelRun, dvc_stage_hashes, git_state
 
 log = logging.getLogger("textops.package")
@@ -85,18 +85,20 @@ def evidence(task: str, reports: dict, git: dict) -> dict[str, str]:
             "data_hash": reports["prepare"]["data_hash"], "git_commit": git["commit"]}
 
 
-def register(params: Params, model: Path, out: Path, reports: dict, git: dict) -> None:
+def register(tracking: TrackingParams, model_name: str, model: Path, out: Path, tags: dict, task: str) -> None:
+    """Both package stages: the package, model card, manifest and dvc.lock into the model's MLflow run, then a
+    new registry version aliased challenger (skipped when tracking is off)."""
     from textops import registry
 
-    tracker = ModelRun(params.tracking.enabled, params.tracking.experiment).reopen(model)
+    tracker = ModelRun(tracking.enabled, tracking.experiment).reopen(model)
     if not tracker.run_id:
         return
     tracker.set_tags(dvc_stage_hashes())
     for path in (out / "MODEL_CARD.md", out / "manifest.json", Path("dvc.lock")):
         tracker.log_artifact(path, "package")
-    version = registry.register(params.package.model_name, tracker.run_id, out, model, evidence(params.task, reports, git))
+    version = registry.register(model_name, tracker.run_id, out, model, tags, task=task)
     tracker.set_tags({"registered_version": version})
-    log.info("registered %s version %s as '%s'", params.package.model_name, version, registry.CHALLENGER)
+    log.info("registered %s version %s as '%s'", model_name, version, registry.CHALLENGER)
 
 
 def run(params: Params, model: Path, int8: Path, prepare_metrics: Path, train_metrics: Path, evaluate_metrics: Path,
@@ -122,7 +124,8 @@ def run(params: Params, model: Path, int8: Path, prepare_metrics: Path, train_me
                                            "max_length": params.model.max_length, "git": git, "created": created,
                                            "data_hash": report_data["prepare"]["data_hash"], "files": manifest(out)})
     log.info("packaged %d files into %s", len(list(out.iterdir())), out)
-    register(params, model, out, report_data, git)
+    register(params.tracking, params.package.model_name, model, out, evidence(params.task, report_data, git),
+             params.task)
 
 
 def main(argv=None) -> int:

@@ -16,12 +16,12 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from stages.package import manifest
+from stages.package import manifest, register
 from stages.story_quantize import INT8_FILE, gate
 from textops import cli
 from textops.errors import GateFailed, PipelineError
 from textops.params import Params, flatten
-from textops.tracking import ModelRun, dvc_stage_hashes, git_state
+from textops.tracking import git_state
 
 log = logging.getLogger("textops.story_package")
 MODEL_FILE = "model.onnx"
@@ -105,21 +105,6 @@ def evidence(reports: dict, git: dict, int8_gate: str) -> dict:
             "data_hash": reports["prepare"]["data_hash"], "git_commit": git["commit"]}
 
 
-def register(params: Params, model: Path, out: Path, tags: dict) -> None:
-    from textops import registry
-
-    s = params.story
-    tracker = ModelRun(s.tracking.enabled, s.tracking.experiment).reopen(model)
-    if not tracker.run_id:
-        return
-    tracker.set_tags(dvc_stage_hashes())
-    for path in (out / "MODEL_CARD.md", out / "manifest.json", Path("dvc.lock")):
-        tracker.log_artifact(path, "package")
-    version = registry.register(s.package.model_name, tracker.run_id, out, model, tags, task="story")
-    tracker.set_tags({"registered_version": version})
-    log.info("registered %s version %s as '%s'", s.package.model_name, version, registry.CHALLENGER)
-
-
 def run(params: Params, model: Path, int8: Path, prepare_metrics: Path, train_metrics: Path, evaluate_metrics: Path,
         quantize_metrics: Path, out: Path) -> None:
     reports = dict(zip(REPORTS, (prepare_metrics, train_metrics, evaluate_metrics, quantize_metrics)))
@@ -148,7 +133,8 @@ def run(params: Params, model: Path, int8: Path, prepare_metrics: Path, train_me
                                            "git": git, "created": created, "data_hash": data["prepare"]["data_hash"],
                                            "files": manifest(out)})
     log.info("packaged %d files into %s", len(list(out.iterdir())), out)
-    register(params, model, out, evidence(data, git, "passed"))
+    register(params.story.tracking, params.story.package.model_name, model, out, evidence(data, git, "passed"),
+             "story")
 
 
 def main(argv=None) -> int:

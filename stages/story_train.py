@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import resource
-import shutil
 import time
 from pathlib import Path
 
@@ -27,8 +26,8 @@ from textops.errors import PipelineError
 from textops.modeling import device_precision
 from textops.params import Params, flatten
 from textops.story.lm import build_model, eval_blocks, passive_thread_wait, perplexity_of
-from textops.tracking import ModelRun, numeric, write_run_id
-from stages.train import last_checkpoint
+from textops.tracking import ModelRun
+from stages.train import last_checkpoint, record_training
 
 log = logging.getLogger("textops.story_train")
 # Training samples start at random offsets (nanoGPT's sampling) rather than at fixed block starts. On
@@ -197,24 +196,8 @@ def run(params: Params, tokenized: Path, prepare_metrics: Path, out: Path, check
         tags={"task": "story", "data_hash": data["data_hash"], "data_source": data["source"],
               "base_model": s.model.base or "gpt2-from-scratch", "mlflow.source.name": "dvc repro (stages.story_train)"})
     tracker.log_params({f"story.{k}": v for k, v in flatten(s).items()})
-    try:
-        result = train(params, tokenized, out, checkpoints)
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
-    loss_curve, eval_curve = curves(result["log_history"])
-    curve.mkdir(parents=True, exist_ok=True)
-    loss_curve.to_csv(curve / "loss.csv", index=False)
-    eval_curve.to_csv(curve / "eval.csv", index=False)
-    cli.write_json(metrics, result["metrics"])
-    tracker.log_curve(result["log_history"])
-    tracker.log_metrics(numeric("train", result["metrics"]))
-    if tracker.run_id:
-        write_run_id(out, tracker.run_id, tracker.uri)
-    tracker.finish()
-    for stale in checkpoints.glob("checkpoint-*"):  # a finished run needs none; the fingerprint stays
-        shutil.rmtree(stale)
-    log.info("done: %s", result["metrics"])
+    record_training(tracker, lambda: train(params, tokenized, out, checkpoints), curves, out, checkpoints, curve,
+                    metrics)
 
 
 def main(argv=None) -> int:

@@ -17,6 +17,7 @@ import logging
 import resource
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,7 @@ def curves(log_history: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
                            "grad_norm": e.get("grad_norm")} for e in log_history if "loss" in e])
     evals = pd.DataFrame([{"step": e["step"], "eval_accuracy": e["eval_accuracy"], "eval_loss": e["eval_loss"]}
                           for e in log_history if "eval_accuracy" in e])
-    return train, evals
+    return train, evals.drop_duplicates("step", keep="last")  # the final evaluation repeats the last step's
 
 
 def build_model(params: Params):
@@ -160,15 +161,23 @@ def run(params: Params, tokenized: Path, prepare_metrics: Path, out: Path, check
         tags={"task": params.task, "data_hash": data["data_hash"], "data_source": data["source"],
               "base_model": params.model.name})
     tracker.log_params(flatten(params))
+    record_training(tracker, lambda: train(params, tokenized, out, checkpoints), curves, out, checkpoints, curve,
+                    metrics)
+
+
+def record_training(tracker: ModelRun, train_model: Callable[[], dict], curves_of: Callable, out: Path,
+                    checkpoints: Path, curve: Path, metrics: Path) -> None:
+    """Both train stages' tail: train inside the model's MLflow run (failed if training raises), then the
+    curves as DVC plots, the metrics, the run id beside the model; checkpoints cleared."""
     try:
-        result = train(params, tokenized, out, checkpoints)
+        result = train_model()
     except BaseException:
         tracker.finish("FAILED")
         raise
-    loss_curve, eval_curve = curves(result["log_history"])
+    loss_curve, eval_curve = curves_of(result["log_history"])
     curve.mkdir(parents=True, exist_ok=True)
     loss_curve.to_csv(curve / "loss.csv", index=False)
-    eval_curve.drop_duplicates("step", keep="last").to_csv(curve / "eval.csv", index=False)
+    eval_curve.to_csv(curve / "eval.csv", index=False)
     cli.write_json(metrics, result["metrics"])
     tracker.log_curve(result["log_history"])
     tracker.log_metrics(numeric("train", result["metrics"]))
