@@ -222,12 +222,11 @@ class OnnxGenerator:
     def generate(self, prompt: str, max_new_tokens: int, setting: GenerationParams, seed: int | None = None) -> dict:
         """{"text": the completion only, "new_tokens", "finish_reason": "length" | "eos" | "context",
         "prompt_tokens": tokens the model saw, "prompt_truncated": prompt tokens dropped to fit the context}."""
-        pieces, (ids, reason) = drain(text_pieces(self._decode, self._steps(prompt, max_new_tokens, setting, seed,
-                                                                           False)))
-        full = len(document_ids(self.tokenizer, prompt, self.eos_token_id))
-        seen = len(self.prompt_ids(prompt))
-        return {"text": "".join(pieces), "new_tokens": len(ids), "finish_reason": reason,
-                "prompt_tokens": seen, "prompt_truncated": max(full - seen, 0)}
+        ids = document_ids(self.tokenizer, prompt, self.eos_token_id)  # tokenized once; _steps keeps the tail
+        pieces, (new, reason) = drain(text_pieces(self._decode, self._steps(ids, max_new_tokens, setting, seed, False)))
+        seen = min(len(ids), self.context - 1)
+        return {"text": "".join(pieces), "new_tokens": len(new), "finish_reason": reason,
+                "prompt_tokens": seen, "prompt_truncated": len(ids) - seen}
 
 
 def drain(generator: Generator) -> tuple[list, object]:
