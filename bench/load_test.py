@@ -161,12 +161,26 @@ def swap_watch(base: str, version: str, at: float):
     return run
 
 
-def drive(name: str, base: str, body_key: str, texts: list[str], args, rate: float | None, during=None):
+def worker_cpu(server: subprocess.Popen) -> dict[int, float]:
+    """CPU seconds so far of each BentoML worker process under `server`."""
+    import psutil
+
+    workers = [p for p in psutil.Process(server.pid).children(recursive=True) if "--worker-id" in p.cmdline()]
+    return {p.pid: sum(p.cpu_times()[:2]) for p in workers}
+
+
+def drive(name: str, base: str, body_key: str, texts: list[str], args, rate: float | None, during=None,
+          server: subprocess.Popen | None = None):
     bodies = [{body_key: t} for t in texts]
     url = f"{base}/classify"
     asyncio.run(closed_loop(url, bodies, args.concurrency, 5))  # warm-up, not reported
-    rows = {"closed-1": asyncio.run(closed_loop(url, bodies, 1, args.closed_duration)),
-            f"closed-{args.concurrency}": asyncio.run(closed_loop(url, bodies, args.concurrency, args.closed_duration))}
+    rows = {"closed-1": asyncio.run(closed_loop(url, bodies, 1, args.closed_duration))}
+    before = worker_cpu(server) if server else {}
+    rows[f"closed-{args.concurrency}"] = asyncio.run(closed_loop(url, bodies, args.concurrency, args.closed_duration))
+    if before:  # the workers share one listening socket: a burst of new connections can land on one of them
+        after = worker_cpu(server)
+        used = [after[pid] - before[pid] for pid in before if pid in after]
+        rows[f"closed-{args.concurrency}"].cpu_split = [round(u / sum(used), 2) for u in used]
     rate = rate or rows[f"closed-{args.concurrency}"].summary()["throughput"] / 2
     rows[f"fixed-{rate:.0f}/s"] = asyncio.run(fixed_rate(url, bodies, rate, args.duration))
     if during:  # a run of its own: loading the new version takes CPU from serving for a few seconds
@@ -216,7 +230,7 @@ def main() -> None:
 
         with urllib.request.urlopen(f"{base}/metadata", timeout=5) as r:
             served = json.loads(r.read())
-        bento_rows, rate = drive("bento", base, "texts", texts, args, None, during)
+        bento_rows, rate = drive("bento", base, "texts", texts, args, None, during, server=proc)
     finally:
         stop(proc)
         if args.swap_to and (restore := served.get("version")):
@@ -250,6 +264,9 @@ def report(args, served: dict, texts: list[str], results: dict) -> None:
              f"{len(texts)} texts ({'SST-2 dev' if SST2_DEV.is_file() else 'bundled sample'}), one per request, "
              f"in a fixed order. Client and server share the machine's {os.cpu_count()} cores.", "",
              table(results), "", f"Throughput ratio at {c}: {ratio:.2f}x"]
+    split = getattr(bento[1], "cpu_split", None)
+    if split:
+        lines.append(f"Bento workers' shares of the service's CPU during {c}: {' / '.join(f'{x:.0%}' for x in split)}")
     swap = getattr(bento[-1], "swap", None)
     if swap:
         seen = swap["seconds_to_switch"]

@@ -66,7 +66,9 @@ def model_card(params: Params, reports: dict, git: dict, created: str) -> str:
         f"| size (MB) | {q['size_mb']['pytorch_fp32']} | {q['size_mb']['onnx_fp32']} | {q['size_mb']['onnx_int8']} |",
         f"| latency p50 (ms) | {lat['pytorch_fp32']['p50']} | {lat['onnx_fp32']['p50']} | {lat['onnx_int8']['p50']} |",
         f"| latency p99 (ms) | {lat['pytorch_fp32']['p99']} | {lat['onnx_fp32']['p99']} | {lat['onnx_int8']['p99']} |", "",
-        f"Label agreement INT8/FP32 {q['agreement']}, largest probability difference {q['max_prob_diff']}.", "",
+        f"Label agreement INT8/FP32 {q['agreement']} (one text per call, as served; "
+        f"{q.get('agreement_batch_64', 'not measured')} in batches of 64), largest probability difference "
+        f"{q['max_prob_diff']}.", "",
         "## Params", "", "| key | value |", "|---|---|",
         *[f"| {k} | {str(v).replace('|', '/')} |" for k, v in flatten(params).items()], "",
         "## Limits", "",
