@@ -26,7 +26,6 @@ dvc exp run -S "prepare.source=$data" -S "prepare.max_train_rows=$max_rows" -S "
   || status=$?
 [ "$status" = 0 ] || echo "the pipeline stopped (exit $status): see the gate message above"
 wall=$(( $(date +%s) - start ))
-dvc exp show --no-pager --md 2>/dev/null | head -5 || true
 echo "pipeline wall time: ${wall} s"
 plain=none
 if [ "${SKIP_PLAIN:-0}" != 1 ]; then
