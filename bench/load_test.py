@@ -5,7 +5,9 @@ Starts each server on loopback in turn (never both at once: they share the 2 cor
   closed-N    N clients the same way (throughput at concurrency N)
   fixed-rate  requests at a constant rate, half the service's closed-N throughput, for --duration
               seconds; latency counts from the scheduled send time, so a stalled server is not hidden
-and prints throughput, p50/p95/p99 latency and errors. The client runs on the same 2 cores.
+and prints throughput, p50/p95/p99 latency and errors, and each Bento worker's share of the CPU in the
+closed-N run (the workers share one socket; a burst of new connections can all land on one). The client
+runs on the same 2 cores.
 
 With --swap-to V (registry mode only), the service gets a second fixed-rate run during which
 `champion` moves to version V a quarter of the way in (and back afterwards); /metadata is polled

@@ -91,8 +91,10 @@ def from_registry(name: str, alias: str, version: str | None = None) -> Source:
 def follow(name: str, alias: str, interval_s: float, stop: threading.Event, serving: t.Callable[[], str],
            swap: t.Callable[[Source], None], log: logging.Logger) -> None:
     """Registry mode: every `interval_s` until `stop`, load a new version of `name@alias` beside the
-    one in service (`serving()` names it), then switch to it with `swap(source)`."""
-    broken = None  # a version that failed to load is not retried until the alias moves again
+    one in service (`serving()` names it), then switch to it with `swap(source)`. A registry error
+    (looking up the alias, or fetching the version) is retried at the next poll; a version whose files
+    fail to load is set aside until the alias moves again."""
+    broken = None
     while not stop.wait(interval_s):
         current = serving()
         try:
@@ -100,11 +102,14 @@ def follow(name: str, alias: str, interval_s: float, stop: threading.Event, serv
             if version in (current, broken):
                 continue
             log.info("%s@%s moved to v%s: loading it beside v%s", name, alias, version, current)
+            # Fetched here, not with the load below: a registry error while fetching (a remote store's
+            # timeout, say) is no fault of the version, and must not set it aside for good.
+            source = from_registry(name, alias, version)
         except Exception as error:  # a registry outage must not stop serving
             log.warning("could not follow %s@%s (%s); still serving v%s", name, alias, error, current)
             continue
         try:
-            swap(from_registry(name, alias, version))
+            swap(source)
             log.info("now serving %s v%s", name, version)
         except Exception as error:
             broken = version

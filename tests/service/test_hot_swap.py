@@ -104,8 +104,14 @@ def test_alias_move_under_load_switches_every_worker_without_a_failed_request(on
     assert len(replies) >= 100
     served = [(r, version_of(r.positive, expected)) for r in replies]
     assert {v for r, v in served if r.done < moved} == {"1"}
-    assert {v for r, v in served if r.sent > moved + SWITCH_BOUND_S} == {"2"}
     last_v1_s = max(r.sent for r, v in served if v == "1") - moved  # when the slowest worker switched
+    # What the workers logged about the move, for a late switch (seen twice in ~10 full runs, cause unknown).
+    story = "\n".join(line for line in on_v1.output().splitlines()[-200:]
+                      if any(k in line for k in ("moved to", "now serving", "could not follow")))
+    late = sum(1 for r, v in served if v == "1" and r.sent > moved + SWITCH_BOUND_S)
+    assert not late, (f"{late} v1 answers sent over {SWITCH_BOUND_S} s after the move, the last "
+                      f"{last_v1_s:.2f} s after it; /metadata showed v2 after {first_switch_s:.2f} s. Server log:\n{story}")
+    assert any(v == "2" for r, v in served if r.sent > moved + SWITCH_BOUND_S)
     print(f"\n/metadata showed v2 after {first_switch_s:.2f} s; last v1 answer sent {last_v1_s:.2f} s after "
           f"the move; {len(replies)} requests, {sum(v == '2' for _, v in served)} answered by v2")
     assert first_switch_s <= SWITCH_BOUND_S and last_v1_s <= SWITCH_BOUND_S
