@@ -27,7 +27,7 @@ from textops.params import Params
 from textops.tracking import ModelRun, numeric
 
 log = logging.getLogger("textops.quantize")
-BATCHED = 64  # a bulk caller's batch (evaluate.batch_size), for the INT8 agreement reported beside
+BATCHED = 64  # a bulk caller's batch (the size the gate used before), for the INT8 agreement reported beside
 
 
 def cpu_flags() -> set[str]:
