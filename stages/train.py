@@ -85,6 +85,53 @@ def curves(log_history: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return train, evals.drop_duplicates("step", keep="last")  # the final evaluation repeats the last step's
 
 
+def is_head(name: str, prefix: str) -> bool:
+    """Whether a parameter belongs to the task head: everything outside the encoder (classifier,
+    DistilBERT's pre_classifier) plus BERT's pooler, which feeds only the head."""
+    return not name.startswith(prefix + ".") or name.startswith(prefix + ".pooler.")
+
+
+def parameter_groups(named: list[tuple[str, object]], decay: set[str], head: set[str], learning_rate: float,
+                     head_learning_rate: float, weight_decay: float) -> list[dict]:
+    """AdamW groups: the Trainer's decay / no-decay split, each split again into body and head rates.
+    Parameters that do not train (LoRA's frozen base) are left out, as the Trainer does."""
+    groups = []
+    for in_head, rate in ((False, learning_rate), (True, head_learning_rate)):
+        for decays in (True, False):
+            chosen = [p for n, p in named if p.requires_grad and (n in head) == in_head and (n in decay) == decays]
+            if chosen:
+                groups.append({"params": chosen, "lr": rate, "weight_decay": weight_decay if decays else 0.0})
+    return groups
+
+
+def head_names(model) -> set[str]:
+    """Names (as model.named_parameters gives them) of the head's parameters; LoRA's PeftModel is looked
+    through, so its trainable copy of the classifier counts as head and the adapters as body."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    ids = {id(p) for n, p in inner.named_parameters() if is_head(n, inner.base_model_prefix)}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+def make_trainer(head_learning_rate: float | None, **kwargs):
+    """The Trainer; with a head learning rate, its AdamW gets body and head groups (the schedule's
+    warmup and decay apply to both). A fresh head learns faster at a higher rate than the pretrained
+    body can take: on SST-2 (20,000 rows, 1 epoch, MiniLM) 1e-3 for the head against 1e-4 throughout
+    raised dev accuracy from 0.876 / 0.889 to 0.883 / 0.896 (seeds 42 / 1)."""
+    from transformers import Trainer
+
+    class HeadRateTrainer(Trainer):
+        def create_optimizer(self):
+            if self.optimizer is None and head_learning_rate is not None:
+                optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+                groups = parameter_groups(list(self.model.named_parameters()),
+                                          set(self.get_decay_parameter_names(self.model)), head_names(self.model),
+                                          self.args.learning_rate, head_learning_rate, self.args.weight_decay)
+                self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+            return super().create_optimizer()
+
+    return HeadRateTrainer(**kwargs)
+
+
 def build_model(params: Params):
     """full: every weight trains. lora: the base is frozen; LoRA adapters and the fresh head train."""
     model = load_classifier(params.model.name, params.labels)
@@ -108,7 +155,7 @@ def training_args(params: Params, checkpoints: Path, precision: str):
 
 def train(params: Params, tokenized: Path, out: Path, checkpoints: Path) -> dict:
     import torch
-    from transformers import DataCollatorWithPadding, Trainer, set_seed
+    from transformers import DataCollatorWithPadding, set_seed
 
     if params.train.num_threads:
         torch.set_num_threads(params.train.num_threads)
@@ -122,9 +169,10 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path) -> dict
     train_set = TokenDataset(pd.read_parquet(tokenized / "train.parquet"))
     eval_set = TokenDataset(pd.read_parquet(tokenized / "eval.parquet"))
     resume = last_checkpoint(checkpoints, fingerprint(params, tokenized))
-    trainer = Trainer(model=model, args=training_args(params, checkpoints, precision), train_dataset=train_set,
-                      eval_dataset=eval_set, data_collator=DataCollatorWithPadding(tokenizer),
-                      processing_class=tokenizer, compute_metrics=accuracy)
+    trainer = make_trainer(params.train.head_learning_rate, model=model,
+                           args=training_args(params, checkpoints, precision), train_dataset=train_set,
+                           eval_dataset=eval_set, data_collator=DataCollatorWithPadding(tokenizer),
+                           processing_class=tokenizer, compute_metrics=accuracy)
     start_step = int(resume.rsplit("-", 1)[-1]) if resume else 0
     log.info("training %d rows on %s (%s)%s", len(train_set), "cuda" if torch.cuda.is_available() else "cpu",
              precision, f", resuming from {resume}" if resume else "")

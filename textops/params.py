@@ -67,6 +67,8 @@ class TrainParams(Section):
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(1e-4, gt=0, lt=1)
+    # The task head's (classifier, and the pooler that feeds only it); None: learning_rate.
+    head_learning_rate: float | None = Field(None, gt=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
