@@ -10,11 +10,13 @@ import os
 import torch
 from fastapi import FastAPI
 from pydantic import BaseModel
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
+
+from textops.modeling import load_trained
 
 MODEL = os.environ.get("NAIVE_MODEL", "outputs/sentiment/model")
 tokenizer = AutoTokenizer.from_pretrained(MODEL)
-model = AutoModelForSequenceClassification.from_pretrained(MODEL).eval()
+model = load_trained(MODEL)  # the train stage's model, whichever head (model.pooling) it has
 labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
 app = FastAPI()
 

@@ -18,6 +18,7 @@ from textops import cli
 from textops.errors import GateFailed
 from textops.inference import TorchClassifier
 from textops.metrics import classification_report
+from textops.modeling import load_trained
 from textops.params import Params
 from textops.plots import attention_png, confusion_png
 from textops.tracking import ModelRun, numeric
@@ -27,10 +28,9 @@ log = logging.getLogger("textops.evaluate")
 
 def last_layer_attention(model_dir: Path, tokenizer, sentence: str, max_length: int) -> tuple[np.ndarray, list[str]]:
     import torch
-    from transformers import AutoModelForSequenceClassification
 
     # SDPA kernels return no attention weights; the eager path does.
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager")
+    model = load_trained(model_dir, attn_implementation="eager")
     enc = tokenizer(sentence, truncation=True, max_length=max_length, return_tensors="pt")
     with torch.inference_mode():
         out = model(**enc, output_attentions=True)

@@ -58,16 +58,34 @@ def nodes_matching(onnx_file: Path, patterns: list[str]) -> list[str]:
     return [n.name for n in graph.node if any(re.search(p, n.name) for p in patterns)]
 
 
+def export_onnx(model: Path, out: Path) -> None:
+    """Optimum's ONNX export of the trained classifier (either head) to out/model.onnx, with its config.
+    Through the exporter itself rather than ORTModel's export=True, which rebuilds the model with
+    AutoModelForSequenceClassification and would drop a mean-pooled head."""
+    from optimum.exporters.onnx import export
+    from optimum.exporters.tasks import TasksManager
+
+    from textops.modeling import load_trained
+
+    classifier = load_trained(model)
+    onnx_config = TasksManager.get_exporter_config_constructor(
+        exporter="onnx", model_type=classifier.config.model_type, task="text-classification",
+        library_name="transformers")(classifier.config)
+    out.mkdir(parents=True, exist_ok=True)
+    export(classifier, onnx_config, out / "model.onnx", opset=onnx_config.DEFAULT_ONNX_OPSET)
+    classifier.config.save_pretrained(out)
+
+
 def export_and_quantize(model: Path, fp32: Path, int8: Path, config_name: str, per_channel: bool,
                         exclude: list[str], optimize: bool) -> list[str]:
     """Optimum export to fp32/, then (optionally O1 graph fusions and) dynamic INT8 into int8/."""
     import tempfile
 
-    from optimum.onnxruntime import ORTModelForSequenceClassification, ORTOptimizer, ORTQuantizer
+    from optimum.onnxruntime import ORTOptimizer, ORTQuantizer
     from optimum.onnxruntime.configuration import AutoOptimizationConfig, AutoQuantizationConfig
     from transformers import AutoTokenizer
 
-    ORTModelForSequenceClassification.from_pretrained(model, export=True).save_pretrained(fp32)
+    export_onnx(model, fp32)
     with tempfile.TemporaryDirectory() as scratch:
         source, file_name = fp32, "model.onnx"
         if optimize:

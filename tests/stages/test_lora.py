@@ -93,7 +93,8 @@ def test_training_moves_adapters_and_head_not_base(trained, lora_params):
     base = AutoModelForSequenceClassification.from_pretrained(lora_params.model.name, num_labels=2).state_dict()
     frozen = {k.removeprefix("base_model.model.").replace(".base_layer", ""): v for k, v in state.items()
               if k.startswith("base_model.model.bert.") and ".lora_" not in k}
-    assert len(frozen) == len([k for k in base if k.startswith("bert.")])
+    dropped = "bert.pooler." if lora_params.model.pooling == "mean" else None  # a mean-pooled head has no pooler
+    assert len(frozen) == len([k for k in base if k.startswith("bert.") and not (dropped and k.startswith(dropped))])
     assert all(torch.equal(v, base[k]) for k, v in frozen.items())
 
 
@@ -102,12 +103,14 @@ def test_merged_model_matches_peft_model(trained):
 
 
 def test_saved_folder_is_a_plain_model(trained):
-    from transformers import AutoModelForSequenceClassification
+    from safetensors.torch import load_file
+
+    from textops.modeling import load_trained
 
     folder = trained["root"] / "model"
     assert not (folder / "adapter_config.json").exists()
-    model, info = AutoModelForSequenceClassification.from_pretrained(folder, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"]
+    model = load_trained(folder)
+    assert load_file(folder / "model.safetensors").keys() == model.state_dict().keys()  # nothing missing or extra
     assert not any("lora" in name for name, _ in model.named_parameters())
     assert torch.allclose(logits(model), trained["merged_logits"], atol=1e-5)
 
@@ -118,7 +121,8 @@ def test_metrics_report_method_and_parameter_counts(trained, lora_params):
     m = trained["metrics"]
     assert m["method"] == "lora" and m["trainable_parameters"] == expected_trainable(lora_params)
     # The wrapped model holds the base, the adapters and a trainable copy of the head.
-    base = lora.parameter_counts(load_classifier(lora_params.model.name, lora_params.labels))["total_parameters"]
+    base = lora.parameter_counts(load_classifier(lora_params.model.name, lora_params.labels,
+                                                 lora_params.model.pooling))["total_parameters"]
     assert m["total_parameters"] == base + m["trainable_parameters"]
     assert m["eval_accuracy"] >= 0.75  # the toy sentiment words are learnable by adapters on a random base
 
@@ -129,9 +133,9 @@ def test_resume_loads_the_adapter_checkpoint(trained, lora_params, tokenized):
     shutil.rmtree(ckpt / "checkpoint-120")  # as if killed after step 100
     again = train_stage.train(lora_params, tokenized, trained["root"] / "resumed", ckpt)["metrics"]
     assert again["resumed_from_step"] == 100 and again["global_step"] == 120
-    from transformers import AutoModelForSequenceClassification
+    from textops.modeling import load_trained
 
-    resumed = logits(AutoModelForSequenceClassification.from_pretrained(trained["root"] / "resumed"))
+    resumed = logits(load_trained(trained["root"] / "resumed"))
     # A resume that dropped the adapter or head would restart them from scratch and end elsewhere.
     assert torch.allclose(resumed, trained["merged_logits"], atol=1e-5)
 
