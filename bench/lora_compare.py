@@ -105,8 +105,7 @@ def sentiment(args, base: dict, work: Path) -> list[dict]:
     rows = []
     for method, lr in runs(args.sst2_full_lr, args.sst2_lora_lr):
         p = params_file(base, work / f"sentiment-{method}-{lr:g}.yaml",
-                        # the head at the method's rate, as in the recorded results (lora_compare_sentiment.md)
-                        {**common, "train.method": method, "train.learning_rate": lr, "train.head_learning_rate": lr})
+                        {**common, "train.method": method, "train.learning_rate": lr})
         m = work / f"{method}-{lr:g}"
         stage("train", p, work, tokenized=work / "tokenized", prepare_metrics=work / "prepare.json",
               out=m / "model", checkpoints=m / "checkpoints", curve=m / "curve", metrics=m / "train.json")
