@@ -10,7 +10,8 @@ own speed bounds. This measures, for the same model and the same eval texts:
   blockwise8     weights in 8-bit blocks of 64 (MatMulNBits, accuracy_level 4: activations quantized per row
                  and block), embedding table dynamic INT8. Needs the onnx-ir package.
 and prints accuracy, agreement with PyTorch FP32, size against ONNX FP32, single-request p50 (1 thread, and
-2 threads spinning) against PyTorch FP32's (2 threads), and texts/s on one thread in length-sorted batches.
+2 threads spinning) against PyTorch FP32's (2 threads; and 1 thread against 1), texts/s on one thread in
+length-sorted batches, and where the stage's INT8 model spends a single request, by op type.
 
 Run: python bench/int8_variants.py --model <train's model folder> --eval <prepared/eval.parquet> [--out md]
 e.g. after bench/sst2.sh: --model /tmp/sst2-bench.X/repo/outputs/sentiment/model
@@ -19,11 +20,13 @@ e.g. after bench/sst2.sh: --model /tmp/sst2-bench.X/repo/outputs/sentiment/model
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
@@ -87,6 +90,40 @@ def p50_ms(predict, texts: list[str], requests: int = 300, warmup: int = 30) -> 
     return float(np.percentile(times, 50))
 
 
+def op_profile(onnx_file: Path, tokenizer, texts: list[str], max_length: int, top: int = 8) -> list[str]:
+    """Where one thread's time goes in single-text calls: kernel time per op type, from onnxruntime's profiler
+    (which adds its own overhead per node, so shares matter more than the absolute figures)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(onnx_file.parent / "profile")
+    session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    for text in texts:
+        enc = tokenizer([text], truncation=True, max_length=max_length, return_tensors="np")
+        session.run(["logits"], {k: v.astype(np.int64) for k, v in enc.items() if k in names})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    by_op, nodes = Counter(), {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            by_op[e["args"]["op_name"]] += e["dur"]
+            nodes.setdefault(e["args"]["op_name"], set()).add(e["name"])
+    total = sum(by_op.values())
+    lines = [f"Kernel time per single-text call, {len(texts)} calls, one thread, {sum(map(len, nodes.values()))} "
+             f"nodes after onnxruntime's graph optimizations: {total / len(texts) / 1000:.2f} ms under the profiler.",
+             "", "| op type | nodes | ms per call | share |", "|---|---|---|---|"]
+    shown = dict(by_op.most_common(top))
+    for op, us in shown.items():
+        lines.append(f"| {op} | {len(nodes[op])} | {us / len(texts) / 1000:.3f} | {us / total:.1%} |")
+    rest = total - sum(shown.values())
+    rest_nodes = sum(len(v) for op, v in nodes.items() if op not in shown)
+    lines.append(f"| {len(by_op) - len(shown)} other op types | {rest_nodes} | {rest / len(texts) / 1000:.3f} | "
+                 f"{rest / total:.1%} |")
+    return lines
+
+
 def texts_per_s(classifier: OnnxClassifier, texts: list[str], batch: int) -> float:
     started = time.perf_counter()
     classifier.predict_proba(texts, batch_size=batch)
@@ -128,6 +165,8 @@ def main() -> None:
     reference = TorchClassifier(args.model, max_length)
     torch_probs = reference.predict_proba(texts)
     torch_p50 = p50_ms(reference.predict_proba, texts)
+    torch.set_num_threads(1)
+    torch_p50_1t = p50_ms(reference.predict_proba, texts)
     fp32_size = (work / "fp32" / "model.onnx").stat().st_size
     rows = []
     for name in ["fp32", "dynamic", "dynamic_fused", "blockwise8"]:
@@ -142,23 +181,26 @@ def main() -> None:
                      "agreement_b64": (batched.argmax(1) == torch_probs.argmax(1)).mean(),
                      "max_prob_diff": np.abs(probs - torch_probs).max(),
                      "size": (work / name / "model.onnx").stat().st_size / fp32_size,
-                     "p50_1t": p1, "p50_2t": p2, "x_pytorch": torch_p50 / min(p1, p2),
+                     "p50_1t": p1, "p50_2t": p2, "x_pytorch": torch_p50 / min(p1, p2), "x_pytorch_1t": torch_p50_1t / p1,
                      "tps_b1": texts_per_s(one, texts, 1), "tps_b16": texts_per_s(one, texts, 16)})
     lines = [f"# INT8 variants, {datetime.now():%Y-%m-%d %H:%M}", "",
              f"Command: `python bench/int8_variants.py --model {args.model} --eval {args.eval}`", "",
              f"{len(texts)} eval texts, {config.num_hidden_layers} layers x {config.hidden_size}. PyTorch FP32 "
-             f"(2 threads): accuracy {(torch_probs.argmax(1) == labels).mean():.4f}, single-request p50 "
-             f"{torch_p50:.2f} ms. p50 includes tokenization; 2t = two intra-op threads, spinning. texts/s: one "
-             "thread, length-sorted batches of 1 and 16. Agreement with PyTorch's labels: one text per ONNX call "
-             "(as served), and in length-sorted batches of 64.", "",
+             f"accuracy {(torch_probs.argmax(1) == labels).mean():.4f}, single-request p50 {torch_p50:.2f} ms on 2 "
+             f"threads, {torch_p50_1t:.2f} ms on 1. p50 includes tokenization; 2t = two intra-op threads, spinning. "
+             "texts/s: one thread, length-sorted batches of 1 and 16. Agreement with PyTorch's labels: one text per "
+             "ONNX call (as served), and in length-sorted batches of 64.", "",
              "| variant | accuracy | agreement | agreement b64 | max prob diff | size / ONNX FP32 | p50 ms 1t | p50 ms 2t | "
-             "PyTorch p50 / best | texts/s b1 | texts/s b16 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "PyTorch 2t / best | PyTorch 1t / 1t | texts/s b1 | texts/s b16 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['accuracy']:.4f} | {r['agreement']:.4f} | {r['agreement_b64']:.4f} | "
                      f"{r['max_prob_diff']:.3f} | "
                      f"{r['size']:.3f} | {r['p50_1t']:.2f} | {r['p50_2t']:.2f} | {r['x_pytorch']:.2f}x | "
+                     f"{r['x_pytorch_1t']:.2f}x | "
                      f"{r['tps_b1']:.0f} | {r['tps_b16']:.0f} |")
-    lines += [""] + notes
+    lines += [""] + notes + ["", "## The stage's INT8 model (dynamic), by op type", ""]
+    lines += op_profile(work / "dynamic" / "model.onnx", reference.tokenizer, texts[:200], max_length)
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:

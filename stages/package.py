@@ -66,6 +66,10 @@ def model_card(params: Params, reports: dict, git: dict, created: str) -> str:
         f"| size (MB) | {q['size_mb']['pytorch_fp32']} | {q['size_mb']['onnx_fp32']} | {q['size_mb']['onnx_int8']} |",
         f"| latency p50 (ms) | {lat['pytorch_fp32']['p50']} | {lat['onnx_fp32']['p50']} | {lat['onnx_int8']['p50']} |",
         f"| latency p99 (ms) | {lat['pytorch_fp32']['p99']} | {lat['onnx_fp32']['p99']} | {lat['onnx_int8']['p99']} |", "",
+        f"Latency: one text per request, every backend on {q['onnx_threads']} thread(s); INT8 speed-up over PyTorch "
+        f"{q['int8_speedup_vs_pytorch_p50']}x. PyTorch FP32 on its default "
+        f"{lat['pytorch_fp32_default_threads']['threads']} thread(s): p50 {lat['pytorch_fp32_default_threads']['p50']} "
+        f"ms, INT8 speed-up {q['int8_speedup_vs_pytorch_default_threads_p50']}x.", "",
         f"Label agreement INT8/FP32 {q['agreement']} (one text per call, as served; "
         f"{q.get('agreement_batch_64', 'not measured')} in batches of 64), largest probability difference "
         f"{q['max_prob_diff']}.", "",

@@ -24,6 +24,7 @@ import numpy as np
 from stages.quantize import choose_config, cpu_flags, nodes_matching
 from textops import cli
 from textops.errors import GateFailed, PipelineError
+from textops.modeling import torch_threads
 from textops.params import GenerationParams, Params
 from textops.story import lm
 from textops.story.generation import OnnxGenerator
@@ -194,7 +195,6 @@ def prompt_ids(gen: OnnxGenerator, prompts: list[str], new_tokens: int) -> list[
 
 
 def measure(params: Params, model: Path, tokenized: Path, fp32: Path, int8: Path) -> dict:
-    import torch
     from transformers import AutoModelForCausalLM
 
     q = params.story.quantize
@@ -206,15 +206,10 @@ def measure(params: Params, model: Path, tokenized: Path, fp32: Path, int8: Path
     batch = PERPLEXITY_BATCH
     ppl = {"pytorch_fp32": perplexity(lm.torch_logits(torch_model), blocks, batch),
            **{name: perplexity(gen.logits, blocks, batch) for name, gen in gens.items()}}
-    threads_before = torch.get_num_threads()
-    if q.onnx_threads:
-        torch.set_num_threads(q.onnx_threads)  # the same cores for every backend
-    try:
+    with torch_threads(q.onnx_threads):  # the same cores for every backend
         agreement = greedy_agreement(torch_model, gens, prompts, q.speed_new_tokens)
         timing = speed(speed_backends(torch_model, int8, gens, q.speed_new_tokens, q.onnx_threads),
                        prompts, q.speed_repeats)
-    finally:
-        torch.set_num_threads(threads_before)
     return {"eval_blocks": len(blocks), "context": gens["onnx_fp32"].context,
             "perplexity": {k: round(v, 4) for k, v in ppl.items()},
             "perplexity_change": round(ppl["onnx_int8"] / ppl["pytorch_fp32"] - 1, 5),

@@ -1,6 +1,7 @@
 """Where base models come from, and which precision a device trains in."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from textops.errors import PipelineError
@@ -85,3 +86,18 @@ def device_precision(requested: str) -> str:
 
     cuda = torch.cuda.is_available()
     return choose_precision(requested, cuda, cuda and torch.cuda.is_bf16_supported())
+
+
+@contextmanager
+def torch_threads(threads: int):
+    """PyTorch's intra-op threads set to `threads` inside the block (0: left as they are), then restored.
+    Speed runs give PyTorch the cores its ONNX rivals get."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

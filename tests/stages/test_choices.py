@@ -5,7 +5,7 @@ import pytest
 
 from stages.quantize import choose_config, gate
 from textops.errors import PipelineError
-from textops.modeling import choose_precision, resolve_model
+from textops.modeling import choose_precision, resolve_model, torch_threads
 
 
 @pytest.mark.parametrize("requested,cuda,bf16,expected", [
@@ -64,3 +64,16 @@ def test_model_source_resolution(tmp_path, tiny_model_dir):
         resolve_model(str(tmp_path / "empty"))
     with pytest.raises(PipelineError, match="no such folder"):
         resolve_model("./missing-model")
+
+
+def test_torch_threads_are_restored_even_after_an_error():
+    import torch
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError):
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("a speed run that fails")
+    assert torch.get_num_threads() == before
+    with torch_threads(0):  # 0 leaves them alone
+        assert torch.get_num_threads() == before

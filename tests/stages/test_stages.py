@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import run_all_stages, sentences, write_tsv
 from stages import evaluate, package
@@ -74,7 +75,11 @@ def test_quantize_report(pipeline):
     report = pipeline["metrics"]["quantize"]
     assert report["examples"] == 32
     assert report["onnx_fp32_max_prob_diff"] < 1e-4  # export is exact up to float noise
-    assert set(report["latency_ms"]) == {"pytorch_fp32", "onnx_fp32", "onnx_int8"}
+    latency = report["latency_ms"]
+    assert set(latency) == {"pytorch_fp32", "onnx_fp32", "onnx_int8", "pytorch_fp32_default_threads"}
+    assert latency["pytorch_fp32_default_threads"]["threads"] == torch.get_num_threads()  # restored after the run
+    assert report["int8_speedup_vs_pytorch_p50"] == round(latency["pytorch_fp32"]["p50"]
+                                                          / latency["onnx_int8"]["p50"], 2)
     assert (pipeline["int8"] / "model_quantized.onnx").stat().st_size < (pipeline["fp32"] / "model.onnx").stat().st_size
 
 
