@@ -32,7 +32,7 @@ def main() -> None:
         ("train samples/s (pipeline)", t["samples_per_second"], ""),
     ]
     default = lat.get("pytorch_fp32_default_threads")
-    if default:  # reports before 2026-11-24 measured PyTorch on its default threads only
+    if default:  # reports before commit 583227b measured PyTorch on its default threads only
         rows.insert(-1, (f"  PyTorch FP32 on its {default['threads']} default threads: p50 ms / speed-up",
                          f"{default['p50']} / {q['int8_speedup_vs_pytorch_default_threads_p50']}", ""))
     if args.plain != "none":

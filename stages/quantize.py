@@ -134,8 +134,7 @@ def latency(torch_model: TorchClassifier, onnx_fp32: OnnxClassifier, onnx_int8: 
     on its default threads (all cores), so a reader sees the speed-up both ways."""
     import torch
 
-    default = {"pytorch_fp32_default_threads": latency_ms({"pytorch_fp32": torch_model.predict_proba}, texts,
-                                                          requests, warmup)["pytorch_fp32"]}
+    default = latency_ms({"pytorch_fp32_default_threads": torch_model.predict_proba}, texts, requests, warmup)
     default["pytorch_fp32_default_threads"]["threads"] = torch.get_num_threads()
     with torch_threads(threads):
         same = latency_ms({"pytorch_fp32": torch_model.predict_proba, "onnx_fp32": onnx_fp32.predict_proba,

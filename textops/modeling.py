@@ -1,4 +1,5 @@
-"""Where base models come from, and which precision a device trains in."""
+"""Where base models come from, how trained classifiers load, which precision a device trains in, and
+PyTorch's thread count for speed runs."""
 from __future__ import annotations
 
 from contextlib import contextmanager
