@@ -1,8 +1,12 @@
-"""Prefect flows: run the DVC stages as tasks in dvc.yaml's order, then the promotion gate.
+"""Prefect flows: run a task's DVC stages as tasks in dvc.yaml's order, then the promotion gate.
 
 Each task shells out to `dvc repro --single-item <stage>`, so DVC decides what is stale and records
-what ran; the flows hold no ML logic. Overrides go through DVC's own `-S` grammar.
+what ran; the flows hold no ML logic. A run with overrides (or another data source) is a DVC
+experiment, `dvc exp run --temp -S ...`: DVC records it (dvc exp show), and the working tree,
+params.yaml included, is left exactly as it was. Which stages belong to a task, its final stage and
+its eval set come from dvc.yaml (textops.dag); what differs between tasks from textops.tasks.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -11,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -20,23 +25,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed
 
-from pipelines.dag import stage_order
+from textops import dag, tasks
+from textops.dag import stage_order
 from textops.params import load_params
-
-# Each task's last stage (dvc.yaml), and where its params and outputs live: a run takes that stage
-# and what it needs, so one task's flow never runs the other's stages.
-TASKS = {"sentiment": {"final": "package", "params": "", "outputs": "outputs/sentiment"},
-         "story": {"final": "story_package", "params": "story.", "outputs": "outputs/story"}}
-
-
-def known_task(task_name: str) -> dict:
-    if task_name not in TASKS:
-        raise ValueError(f"unknown task '{task_name}'; known: {sorted(TASKS)}")
-    return TASKS[task_name]
-
-
-def source_key(task_name: str) -> str:
-    return f"{known_task(task_name)['params']}prepare.source"
 
 
 class StageFailed(RuntimeError):
@@ -116,8 +107,15 @@ def stream(cmd: list[str], cwd: Path, timeout_s: float, log, prefix: str) -> tup
     pgid_file = cwd / ".dvc" / "tmp" / "orchestrator.pgid"
     reap_orphans(pgid_file, log)
     release_stale_dvc_locks(cwd, log)
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
     pgid_file.parent.mkdir(parents=True, exist_ok=True)
     pgid_file.write_text(str(proc.pid))  # its own session: the pid is the process group id
     killed = threading.Event()
@@ -155,16 +153,60 @@ def stream(cmd: list[str], cwd: Path, timeout_s: float, log, prefix: str) -> tup
     return code, list(tail), time.perf_counter() - started
 
 
-@task
-def apply_overrides(repo: str, overrides: list[str]) -> list[str]:
-    """Write `key=value` overrides into params.yaml with DVC's own -S grammar (dvc exp run -S)."""
+def check_overrides(repo: Path, overrides: list[str]) -> None:
+    """Fail by key name before any stage runs: the overrides applied to a scratch copy of params.yaml with
+    DVC's own -S grammar (the tracked file is never written)."""
     from dvc.utils.hydra import apply_overrides as dvc_apply
 
-    if overrides:
-        dvc_apply(Path(repo) / "params.yaml", list(overrides))
-        load_params(Path(repo) / "params.yaml")  # fail here, by key name, not three stages later
-        get_run_logger().info("params overrides applied: %s", overrides)
-    return list(overrides)
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "params.yaml"
+        copy.write_bytes((repo / "params.yaml").read_bytes())
+        dvc_apply(copy, list(overrides))
+        load_params(copy)
+
+
+def absolute_source(repo: Path, source: str) -> str:
+    """A data source outside the repository as an absolute path: an experiment runs in a temporary copy of
+    the repository, where a path such as ../shared/data/sst2 would point elsewhere."""
+    path = Path(source)
+    if path.is_absolute() or not (repo / path).exists():
+        return source  # absolute already, or not a path (a Hub id)
+    inside = (repo / path).resolve().is_relative_to(repo.resolve())
+    return source if inside else str((repo / path).resolve())
+
+
+def experiment_rev(repo: Path, name: str) -> str:
+    """The commit DVC recorded the experiment `name` as (refs/exps/.../<name>)."""
+    refs = subprocess.run(
+        ["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    found = [line.split()[0] for line in refs if line.endswith(f"/{name}")]
+    if not found:
+        raise StageFailed(f"dvc exp run finished but no experiment named '{name}' is recorded")
+    return found[-1]
+
+
+@task
+def run_experiment(final: str, overrides: list[str], repo: str, name: str, timeout_s: float) -> dict:
+    """`dvc exp run --temp`: the task's stages in a temporary copy; DVC records the result as experiment `name`."""
+    log = get_run_logger()
+    cmd = ["dvc", "exp", "run", "--temp", "--name", name, *[a for o in overrides for a in ("-S", o)], final]
+    code, tail, seconds = stream(cmd, Path(repo), timeout_s, log, f"[{name}]")
+    if code != 0:
+        raise StageFailed(f"experiment '{name}' failed (exit {code}):\n" + "\n".join(tail[-25:]))
+    log.info("experiment %s (%s) done in %.1f s", name, " ".join(overrides), seconds)
+    return {
+        "stage": f"experiment {name}",
+        "ran": True,
+        "seconds": round(seconds, 2),
+        "experiment": name,
+        "overrides": list(overrides),
+        "rev": experiment_rev(Path(repo), name),
+    }
 
 
 @task
@@ -179,9 +221,9 @@ def run_stage(stage: str, repo: str, timeout_s: float) -> dict:
 
 
 @task
-def promotion_gate(repo: str, timeout_s: float, task_name: str = "sentiment") -> dict:
+def promotion_gate(repo: str, timeout_s: float, task_name: str, eval_set: str) -> dict:
     log = get_run_logger()
-    cmd = [sys.executable, "-m", "textops.promote", "gate", "--task", task_name]
+    cmd = [sys.executable, "-m", "textops.promote", "gate", "--task", task_name, "--eval", eval_set]
     done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=timeout_s)
     for line in (done.stdout + done.stderr).splitlines():
         log.info("[gate] %s", line)
@@ -190,84 +232,127 @@ def promotion_gate(repo: str, timeout_s: float, task_name: str = "sentiment") ->
     return json.loads(done.stdout)
 
 
-def metrics_table(repo: Path, task_name: str = "sentiment") -> dict:
-    """The task's metrics files, by stage name (outputs/<task>/metrics/<stage>.json)."""
-    done = subprocess.run(["dvc", "metrics", "show", "--json"], cwd=repo, capture_output=True, text=True)
-    try:
-        files = next(iter(json.loads(done.stdout).values()))["data"]
-    except (ValueError, StopIteration, KeyError):
-        return {}
-    folder = known_task(task_name)["outputs"] + "/"
-    return {Path(name).stem: content.get("data", {}) for name, content in files.items() if name.startswith(folder)}
+def metrics_table(repo: Path, task_name: str, rev: str | None = None) -> dict:
+    """The task's metrics files (dvc.yaml), by stem: evaluate, quantize...; at `rev` (an experiment) or in the
+    working tree. A file a run has not written yet is left out."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    out = {}
+    for path in dag.metrics_files(repo / "dvc.yaml", task_name).values():
+        try:
+            text = dvc.api.read(path, repo=str(repo), rev=rev) if rev else (repo / path).read_text()
+            out[Path(path).stem] = json.loads(text)
+        except (OSError, ValueError, DvcException):  # not written yet (a stage that has not run)
+            continue
+    return out
 
 
-def metric_rows(metrics: dict, task_name: str) -> list[str]:
-    ev, q = metrics.get("evaluate", {}), metrics.get("quantize", {})
-    if task_name == "story":
-        return [f"| eval perplexity (FP32) | {ev.get('perplexity')} |",
-                f"| INT8 perplexity change | {q.get('perplexity_change')} |",
-                f"| INT8 greedy agreement (teacher-forced) | "
-                f"{q.get('greedy_agreement', {}).get('onnx_int8', {}).get('teacher_forced')} |",
-                f"| INT8 tokens/s (vs PyTorch FP32) | {q.get('speed', {}).get('onnx_int8_loop', {}).get('tokens_per_s')} "
-                f"({q.get('int8_loop_speedup_vs_pytorch')}x) |"]
-    return [f"| eval accuracy (FP32) | {ev.get('accuracy')} |", f"| macro F1 | {ev.get('macro_f1')} |",
-            f"| INT8 accuracy | {q.get('accuracy', {}).get('onnx_int8')} |",
-            f"| INT8/FP32 agreement | {q.get('agreement')} |",
-            f"| INT8 p50 latency (ms) | {q.get('latency_ms', {}).get('onnx_int8', {}).get('p50')} |"]
+def eval_set_at(repo: Path, task_name: str, rev: str, folder: Path) -> Path:
+    """The experiment's frozen eval set, read from DVC's cache at `rev` into `folder` (the gate scores on it)."""
+    import dvc.api
+
+    relative = dag.eval_set(repo / "dvc.yaml", task_name).relative_to(repo)
+    target = folder / relative.name
+    with dvc.api.open(str(relative), repo=str(repo), rev=rev, mode="rb") as src:
+        target.write_bytes(src.read())
+    return target
 
 
 def report(stages: list[dict], gate: dict | None, metrics: dict, task_name: str) -> str:
     lines = [f"# {task_name} pipeline", "", "| stage | result | seconds |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {'ran' if s['ran'] else 'skipped (unchanged)'} | {s['seconds']} |" for s in stages]
-    lines += ["", "| metric | value |", "|---|---|"] + metric_rows(metrics, task_name)
+    lines += ["", "| metric | value |", "|---|---|"]
+    lines += [f"| {label} | {value} |" for label, value in tasks.get(task_name).headline(metrics)]
     if gate:
         run_id = gate.get("evidence", {}).get("run_id")
         ui = os.environ.get("MLFLOW_UI_URL", "http://127.0.0.1:5000")
         lines += ["", f"**Gate:** {gate['decision']} (version {gate.get('version')})"]
         lines += [f"- {r}" for r in gate.get("reasons", [])]
         if run_id:
-            lines += [f"", f"MLflow run: [{run_id}]({ui}/#/runs/{run_id})"]
+            lines += ["", f"MLflow run: [{run_id}]({ui}/#/runs/{run_id})"]
     return "\n".join(lines) + "\n"
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline(task_name: str = "sentiment", overrides: list[str] | None = None, data_source: str | None = None,
-             repo: str = ".", gate: bool = True) -> dict:
-    """Run the DVC stages of one task in dvc.yaml's order, then the promotion gate."""
-    final = known_task(task_name)["final"]
+def pipeline(
+    task_name: str = "sentiment",
+    overrides: list[str] | None = None,
+    data_source: str | None = None,
+    repo: str = ".",
+    gate: bool = True,
+) -> dict:
+    """Run one task's DVC stages in dvc.yaml's order, then the promotion gate. With overrides or another data
+    source, the run is a DVC experiment in a temporary copy, and the working tree is left as it was."""
+    from prefect.runtime import flow_run
+
+    t = tasks.get(task_name)
     repo_path = Path(repo).resolve()
-    overrides = list(overrides or []) + ([f"{source_key(task_name)}={data_source}"] if data_source else [])
-    apply_overrides(str(repo_path), overrides)
+    final = dag.final_stage(repo_path / "dvc.yaml", t.name)
+    overrides = list(overrides or [])
+    if data_source:
+        overrides.append(f"{t.source_key}={absolute_source(repo_path, data_source)}")
     settings = load_params(repo_path / "params.yaml").orchestrate
-    results = []
-    for stage in stage_order(repo_path / "dvc.yaml", targets=[final]):
-        step = run_stage.with_options(name=stage, retries=settings.retries, retry_delay_seconds=settings.retry_delay_s)
-        results.append(step(stage, str(repo_path), settings.stage_timeout_s))
-    decision = promotion_gate(str(repo_path), settings.stage_timeout_s, task_name) if gate else None
-    create_markdown_artifact(markdown=report(results, decision, metrics_table(repo_path, task_name), task_name),
-                             key=f"{task_name}-pipeline", description="stages, metrics and the gate decision")
+    if overrides:
+        check_overrides(repo_path, overrides)
+        step = run_experiment.with_options(
+            name="experiment", retries=settings.retries, retry_delay_seconds=settings.retry_delay_s
+        )
+        results = [
+            step(
+                final,
+                overrides,
+                str(repo_path),
+                f"{t.name}-{flow_run.get_name() or int(time.time())}",
+                settings.stage_timeout_s,
+            )
+        ]
+        rev = results[0]["rev"]
+    else:
+        results, rev = [], None
+        for stage in stage_order(repo_path / "dvc.yaml", targets=[final]):
+            step = run_stage.with_options(
+                name=stage, retries=settings.retries, retry_delay_seconds=settings.retry_delay_s
+            )
+            results.append(step(stage, str(repo_path), settings.stage_timeout_s))
+    decision = None
+    if gate:
+        with tempfile.TemporaryDirectory() as scratch:
+            eval_path = (
+                eval_set_at(repo_path, t.name, rev, Path(scratch))
+                if rev
+                else dag.eval_set(repo_path / "dvc.yaml", t.name)
+            )
+            decision = promotion_gate(str(repo_path), settings.stage_timeout_s, t.name, str(eval_path))
+    create_markdown_artifact(
+        markdown=report(results, decision, metrics_table(repo_path, t.name, rev), t.name),
+        key=f"{t.name}-pipeline",
+        description="stages, metrics and the gate decision",
+    )
     return {"stages": results, "gate": decision}
 
 
-def data_hash(repo: Path, source: str, task_name: str = "sentiment") -> str:
-    from textops.sources import hash_files, locate
+def data_hash(repo: Path, source: str, task_name: str) -> str:
+    from textops.sources import hash_files
 
     path = Path(source)
     path = path if path.is_absolute() or not (repo / path).exists() else repo / path
-    if task_name == "story":  # a text file, or a folder of them
-        return hash_files(sorted(path.rglob("*.txt")) if path.is_dir() else [path])
-    return hash_files(list(locate(str(path)).values()))
+    return hash_files(tasks.get(task_name).source_files(path))
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(task_name: str = "sentiment", data_source: str | None = None, overrides: list[str] | None = None,
-            repo: str = ".", force: bool = False):
+def retrain(
+    task_name: str = "sentiment",
+    data_source: str | None = None,
+    overrides: list[str] | None = None,
+    repo: str = ".",
+    force: bool = False,
+):
     """Retrain only when the data source's content changed since the last successful run."""
     from prefect.variables import Variable
 
     repo_path = Path(repo).resolve()
-    params = load_params(repo_path / "params.yaml")
-    source = data_source or (params.story.prepare.source if task_name == "story" else params.prepare.source)
+    source = data_source or tasks.get(task_name).source(load_params(repo_path / "params.yaml"))
     digest = data_hash(repo_path, source, task_name)
     key = f"{task_name}-last-trained-data-sha256"
     last = Variable.get(key, default=None)

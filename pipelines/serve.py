@@ -7,6 +7,7 @@ Needs a Prefect server (the ephemeral one cannot schedule):
     prefect deployment run pipeline/sentiment-pipeline  # a run by hand (retrain/sentiment-retrain runs on cron)
     prefect deployment run pipeline/story-pipeline
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,11 +15,9 @@ from pathlib import Path
 
 from prefect.schedules import Cron
 
-from pipelines.flows import TASKS, pipeline, retrain
+from pipelines.flows import pipeline, retrain
+from textops import tasks
 from textops.params import OrchestrateParams, load_params
-
-DEPLOYMENT = "sentiment-retrain"
-PIPELINE_DEPLOYMENT = "sentiment-pipeline"
 
 
 def schedule(settings: OrchestrateParams) -> Cron:
@@ -27,29 +26,35 @@ def schedule(settings: OrchestrateParams) -> Cron:
 
 def deployment(repo: Path, task_name: str = "sentiment"):
     settings = load_params(repo / "params.yaml").orchestrate
-    return retrain.to_deployment(name=DEPLOYMENT if task_name == "sentiment" else f"{task_name}-retrain",
-                                 schedule=schedule(settings), parameters={"task_name": task_name, "repo": str(repo)},
-                                 description=f"Retrain {task_name} when its data changed; cron {settings.cron}",
-                                 tags=[task_name, "dvc"])
+    return retrain.to_deployment(
+        name=f"{task_name}-retrain",
+        schedule=schedule(settings),
+        parameters={"task_name": task_name, "repo": str(repo)},
+        description=f"Retrain {task_name} when its data changed; cron {settings.cron}",
+        tags=[task_name, "dvc"],
+    )
 
 
 def on_demand(repo: Path, task_name: str = "sentiment"):
     """The pipeline flow without a schedule: for runs by hand (prefect deployment run pipeline/...)."""
-    return pipeline.to_deployment(name=f"{task_name}-pipeline", parameters={"task_name": task_name, "repo": str(repo)},
-                                  description=f"Run the {task_name} DAG now (DVC skips what is unchanged)",
-                                  tags=[task_name, "dvc"])
+    return pipeline.to_deployment(
+        name=f"{task_name}-pipeline",
+        parameters={"task_name": task_name, "repo": str(repo)},
+        description=f"Run the {task_name} DAG now (DVC skips what is unchanged)",
+        tags=[task_name, "dvc"],
+    )
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", type=Path, default=Path("."))
-    ap.add_argument("--task", choices=[*TASKS, "all"], default="all")
+    ap.add_argument("--task", choices=[*tasks.names(), "all"], default="all")
     args = ap.parse_args(argv)
     from prefect import serve
 
     repo = args.repo.resolve()
-    tasks = list(TASKS) if args.task == "all" else [args.task]
-    serve(*[d for t in tasks for d in (deployment(repo, t), on_demand(repo, t))])
+    chosen = tasks.names() if args.task == "all" else [args.task]
+    serve(*[d for t in chosen for d in (deployment(repo, t), on_demand(repo, t))])
 
 
 if __name__ == "__main__":

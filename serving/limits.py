@@ -1,12 +1,13 @@
 """What a client's mistakes cost the services: a request body limit (BentoML sets none: STACK_NOTES, 200 MB
 bodies got 200), and one log line per client error instead of BentoML's traceback."""
+
 from __future__ import annotations
 
 import json
 import logging
 
-# BentoML's log_exception() logs here, at ERROR with the traceback, for every failed request.
-BENTOML_REQUEST_LOG = "bentoml._internal.server.http_app"
+# BentoML's log_exception() logs there, at ERROR with the traceback, for every failed request.
+from serving.bentoml_private import BENTOML_REQUEST_LOG
 
 
 def is_client_error(error: BaseException) -> bool:
@@ -85,13 +86,23 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
     def too_large(self, size: int, at_least: bool = False) -> str:
-        return (f"request body is {'over ' if at_least else ''}{size} bytes; the limit is "
-                f"serve.max_body_bytes={self.max_bytes}")
+        return (
+            f"request body is {'over ' if at_least else ''}{size} bytes; the limit is "
+            f"serve.max_body_bytes={self.max_bytes}"
+        )
 
     @staticmethod
     async def reject(send, status: int, error: str) -> None:
         body = json.dumps({"error": error}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -7,6 +7,7 @@ Bento's alias for it. A served Bento finds its copy through that alias and never
 Served from the repository (`bentoml serve`), no alias is recorded: the service reads the registry
 itself and follows the alias (registry mode).
 """
+
 from __future__ import annotations
 
 import gc
@@ -16,20 +17,32 @@ import tempfile
 import threading
 import typing as t
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import attrs
-from _bentoml_sdk.decorators import on_shutdown
-from _bentoml_sdk.models import Model  # the reference base class (bentoml.models.Model is the stored model)
+import bentoml
 
+from serving.bentoml_private import ModelReference, bento_model_aliases
 from textops.errors import PipelineError
 
 # Registry version tags that /metadata reports as metrics (written by the package stages of both tasks).
-METRIC_TAGS = ("eval_accuracy", "fp32_accuracy", "int8_accuracy", "int8_accuracy_drop", "int8_agreement",
-               "latency_ms_p50", "size_mb",
-               "eval_perplexity", "fp32_perplexity", "int8_perplexity", "int8_perplexity_change",
-               "int8_greedy_agreement", "tokens_per_s", "speedup_vs_pytorch")
+METRIC_TAGS = (
+    "eval_accuracy",
+    "fp32_accuracy",
+    "int8_accuracy",
+    "int8_accuracy_drop",
+    "int8_agreement",
+    "latency_ms_p50",
+    "size_mb",
+    "eval_perplexity",
+    "fp32_perplexity",
+    "int8_perplexity",
+    "int8_perplexity_change",
+    "int8_greedy_agreement",
+    "tokens_per_s",
+    "speedup_vs_pytorch",
+)
 
 
 class ModelSourceError(PipelineError):
@@ -49,9 +62,16 @@ def metadata_of(name: str, alias: str, version: str) -> dict[str, t.Any]:
 
     tags = registry.require_version(name, version).tags
     metrics = {k: float(tags[k]) for k in METRIC_TAGS if k in tags}
-    return {"name": name, "version": str(version), "alias": alias, "run_id": tags.get("run_id"),
-            "metrics": metrics, "git_commit": tags.get("git_commit"), "data_hash": tags.get("data_hash"),
-            "resolved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {
+        "name": name,
+        "version": str(version),
+        "alias": alias,
+        "run_id": tags.get("run_id"),
+        "metrics": metrics,
+        "git_commit": tags.get("git_commit"),
+        "data_hash": tags.get("data_hash"),
+        "resolved_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def champion_version(name: str, alias: str) -> str:
@@ -64,11 +84,15 @@ def champion_version(name: str, alias: str) -> str:
     except PipelineError:
         raise
     except Exception as error:  # connection errors come as several types
-        raise ModelSourceError(f"MLflow registry {uri} is unreachable ({type(error).__name__}: "
-                               f"{str(error)[:200]}); set MLFLOW_TRACKING_URI or start the server") from None
+        raise ModelSourceError(
+            f"MLflow registry {uri} is unreachable ({type(error).__name__}: "
+            f"{str(error)[:200]}); set MLFLOW_TRACKING_URI or start the server"
+        ) from None
     if version is None:
-        raise ModelSourceError(f"'{name}' has no '{alias}' version in {uri}: run `dvc repro`, then "
-                               f"`python -m textops.promote gate` (with --task story for the story model)")
+        raise ModelSourceError(
+            f"'{name}' has no '{alias}' version in {uri}: run `dvc repro`, then "
+            f"`python -m textops.promote gate` (with --task story for the story model)"
+        )
     return version
 
 
@@ -88,8 +112,15 @@ def from_registry(name: str, alias: str, version: str | None = None) -> Source:
     return Source(package, {**metadata_of(name, alias, version), "source": "registry"})
 
 
-def follow(name: str, alias: str, interval_s: float, stop: threading.Event, serving: t.Callable[[], str],
-           swap: t.Callable[[Source], None], log: logging.Logger) -> None:
+def follow(
+    name: str,
+    alias: str,
+    interval_s: float,
+    stop: threading.Event,
+    serving: t.Callable[[], str],
+    swap: t.Callable[[Source], None],
+    log: logging.Logger,
+) -> None:
     """Registry mode: every `interval_s` until `stop`, load a new version of `name@alias` beside the
     one in service (`serving()` names it), then switch to it with `swap(source)`. A registry error
     (looking up the alias, or fetching the version) is retried at the next poll; a version whose files
@@ -113,8 +144,14 @@ def follow(name: str, alias: str, interval_s: float, stop: threading.Event, serv
             log.info("now serving %s v%s", name, version)
         except Exception as error:
             broken = version
-            log.warning("could not follow %s@%s: v%s failed to load (%s); still serving v%s until the alias "
-                        "moves again", name, alias, version, error, current)
+            log.warning(
+                "could not follow %s@%s: v%s failed to load (%s); still serving v%s until the alias moves again",
+                name,
+                alias,
+                version,
+                error,
+                current,
+            )
 
 
 class Hosted:
@@ -137,9 +174,20 @@ class Hosted:
         gc.freeze()
         self._stop = threading.Event()
         if self.mode == "registry":
-            threading.Thread(target=follow, name="follow-alias", daemon=True,
-                             args=(self.ref.name, self.ref.alias, poll_interval_s, self._stop,
-                                   lambda: self.loaded.metadata["version"], self._swap, log)).start()
+            threading.Thread(
+                target=follow,
+                name="follow-alias",
+                daemon=True,
+                args=(
+                    self.ref.name,
+                    self.ref.alias,
+                    poll_interval_s,
+                    self._stop,
+                    lambda: self.loaded.metadata["version"],
+                    self._swap,
+                    log,
+                ),
+            ).start()
 
     def __is_ready__(self) -> bool:
         return getattr(self, "loaded", None) is not None
@@ -147,7 +195,7 @@ class Hosted:
     def _swap(self, source: Source) -> None:
         self.loaded = self._load(source)  # one reference swap: atomic
 
-    @on_shutdown
+    @bentoml.on_shutdown
     def stop(self) -> None:
         self._stop.set()
 
@@ -158,7 +206,7 @@ def bento_tag(metadata: dict) -> str:
 
 
 @attrs.frozen
-class RegistryModel(Model[Source]):
+class RegistryModel(ModelReference[Source]):
     """`name@alias` in the MLflow registry, frozen to one version when a Bento is built."""
 
     name: str
@@ -170,7 +218,6 @@ class RegistryModel(Model[Source]):
 
     def _bundle(self):
         """Import the alias's current version into the BentoML model store (once per tag)."""
-        import bentoml
         from bentoml.exceptions import NotFound
 
         source = from_registry(self.name, self.alias)
@@ -179,19 +226,18 @@ class RegistryModel(Model[Source]):
             return bentoml.models.get(tag)
         except NotFound:
             pass
-        labels = {"registered_model": self.name, "registry_version": source.metadata["version"],
-                  "alias": self.alias}
+        labels = {"registered_model": self.name, "registry_version": source.metadata["version"], "alias": self.alias}
         with bentoml.models.create(tag, labels=labels, metadata=source.metadata) as stored:
             shutil.copytree(source.path, stored.path, dirs_exist_ok=True)
         return stored
 
     def to_info(self, alias: str | None = None):
-        from bentoml._internal.bento.bento import BentoModelInfo
+        from bentoml.models import BentoModel
 
         # bentoml build asks more than once; resolve the alias once so the Bento holds one version.
         if getattr(self, "_stored", None) is None:
             object.__setattr__(self, "_stored", self._bundle())
-        return BentoModelInfo.from_bento_model(self._stored, alias=self.key)
+        return BentoModel(self._stored.tag).to_info(alias=self.key)  # the stored copy's info, under name@alias
 
     @classmethod
     def from_info(cls, info):
@@ -206,12 +252,9 @@ class RegistryModel(Model[Source]):
 
     def bundled_tag(self) -> str | None:
         """The tag a built Bento recorded for this reference; None when served from the repository."""
-        from bentoml._internal.configuration.containers import BentoMLContainer
-
-        return BentoMLContainer.model_aliases.get().get(self.key)
+        return bento_model_aliases().get(self.key)
 
     def resolve(self, base_path=None) -> Source:
-        import bentoml
         from bentoml.models import BentoModel
 
         tag = self.bundled_tag()

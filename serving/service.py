@@ -9,6 +9,7 @@ characters, lone surrogates, texts over `serve.max_chars` characters (rejected; 
 cut at `model.max_length` tokens, as in training), more than `serve.max_items` texts, bodies over
 `serve.max_body_bytes` (413), wrong JSON types (400), the pickle content type (415, BentoML).
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,10 +59,16 @@ def one_or_many(value: Any) -> Any:
 
 
 # The schema lists the array first: BentoML's OpenAPI keeps only the first choice of a union.
-Text = Annotated[str, AfterValidator(check_text), Field(json_schema_extra={"minLength": 1, "maxLength": SERVE.max_chars})]
-Texts = Annotated[list[Text], BeforeValidator(one_or_many, json_schema_input_type=list[Text] | str),
-                  Field(min_length=1, max_length=SERVE.max_items,
-                        description=f"One text, or a list of 1 to {SERVE.max_items} texts.")]
+Text = Annotated[
+    str, AfterValidator(check_text), Field(json_schema_extra={"minLength": 1, "maxLength": SERVE.max_chars})
+]
+Texts = Annotated[
+    list[Text],
+    BeforeValidator(one_or_many, json_schema_input_type=list[Text] | str),
+    Field(
+        min_length=1, max_length=SERVE.max_items, description=f"One text, or a list of 1 to {SERVE.max_items} texts."
+    ),
+]
 
 
 class Prediction(BaseModel):
@@ -87,13 +94,19 @@ def load(source: Source) -> Loaded:
 
 async def metadata(request: Request) -> JSONResponse:
     service = bentoml.get_current_service()
-    return JSONResponse({**service.loaded.metadata, "mode": service.mode,
-                         "poll_interval_s": SERVE.poll_interval_s if service.mode == "registry" else None})
+    return JSONResponse(
+        {
+            **service.loaded.metadata,
+            "mode": service.mode,
+            "poll_interval_s": SERVE.poll_interval_s if service.mode == "registry" else None,
+        }
+    )
 
 
 @bentoml.asgi_app(Starlette(routes=[Route("/metadata", metadata, methods=["GET"])]), path="/")
-@bentoml.service(name="sentiment", workers=SERVE.workers, traffic={"timeout": 60},
-                  logging={"access": {"enabled": SERVE.access_log}})
+@bentoml.service(
+    name="sentiment", workers=SERVE.workers, traffic={"timeout": 60}, logging={"access": {"enabled": SERVE.access_log}}
+)
 class Sentiment(Hosted):
     model_ref = RegistryModel(PARAMS.package.model_name, SERVE.alias)
 

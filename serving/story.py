@@ -16,23 +16,25 @@ Bad input gets 4xx naming the field, never 500 and never a stream: wrong JSON ty
 `story.serve.max_prompt_chars` characters or holding NUL or lone surrogates, bodies over
 `story.serve.max_body_bytes` (413).
 """
+
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, AsyncGenerator
+from typing import Annotated, Any
 
 import anyio
 import bentoml
-from _bentoml_sdk.io_models import IORootModel  # the base of BentoML's plain-value outputs
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from serving.bentoml_private import IORootModel  # the base of BentoML's plain-value outputs
 from serving.limits import BodyLimit, quiet_client_errors
 from serving.models import Hosted, RegistryModel, Source
 from textops.params import GenerationParams, load_params
@@ -50,20 +52,21 @@ def check_prompt(text: str) -> str:
     if "\x00" in text:
         raise ValueError("prompt contains a NUL character (\\u0000)")
     if len(text) > SERVE.max_prompt_chars:
-        raise ValueError(f"prompt has {len(text)} characters; the limit is "
-                         f"story.serve.max_prompt_chars={SERVE.max_prompt_chars}")
+        raise ValueError(
+            f"prompt has {len(text)} characters; the limit is story.serve.max_prompt_chars={SERVE.max_prompt_chars}"
+        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError("prompt contains a lone UTF-16 surrogate (\\ud800-\\udfff), which is not a "
-                         "character") from None
+        raise ValueError(
+            "prompt contains a lone UTF-16 surrogate (\\ud800-\\udfff), which is not a character"
+        ) from None
     return text
 
 
 def check_max_new_tokens(value: int) -> int:
     if value > SERVE.max_new_tokens:
-        raise ValueError(f"max_new_tokens {value} is over the limit "
-                         f"story.serve.max_new_tokens={SERVE.max_new_tokens}")
+        raise ValueError(f"max_new_tokens {value} is over the limit story.serve.max_new_tokens={SERVE.max_new_tokens}")
     return value
 
 
@@ -81,23 +84,38 @@ class GenerateRequest(BaseModel):
 
     prompt: Annotated[str, AfterValidator(check_prompt)] = Field(
         description="Text to continue; may be empty (then generation starts from the end-of-text token).",
-        json_schema_extra={"maxLength": SERVE.max_prompt_chars})
-    max_new_tokens: Annotated[int, Field(ge=1, json_schema_extra={"maximum": SERVE.max_new_tokens}),
-                              AfterValidator(check_max_new_tokens)] | None = Field(
-        None, description=f"Tokens to add (default {SERVE.default_max_new_tokens}); fewer when end-of-text comes "
-                          f"first or the context fills.")
+        json_schema_extra={"maxLength": SERVE.max_prompt_chars},
+    )
+    max_new_tokens: (
+        Annotated[
+            int, Field(ge=1, json_schema_extra={"maximum": SERVE.max_new_tokens}), AfterValidator(check_max_new_tokens)
+        ]
+        | None
+    ) = Field(
+        None,
+        description=f"Tokens to add (default {SERVE.default_max_new_tokens}); fewer when end-of-text comes "
+        f"first or the context fills.",
+    )
     do_sample: bool | None = Field(
-        None, description=f"Sample (true) or take the most likely token (default {DEFAULTS.do_sample}).")
+        None, description=f"Sample (true) or take the most likely token (default {DEFAULTS.do_sample})."
+    )
     temperature: float | None = finite(
-        gt=0, le=10, description=f"Sampling temperature (default {DEFAULTS.temperature}).")
+        gt=0, le=10, description=f"Sampling temperature (default {DEFAULTS.temperature})."
+    )
     top_k: int | None = Field(
-        None, ge=0, description=f"Keep the k most likely tokens, at most the vocabulary size; 0 keeps all "
-                                f"(default {DEFAULTS.top_k}).")
+        None,
+        ge=0,
+        description=f"Keep the k most likely tokens, at most the vocabulary size; 0 keeps all "
+        f"(default {DEFAULTS.top_k}).",
+    )
     top_p: float | None = finite(
-        gt=0, le=1, description=f"Nucleus sampling mass; 1 keeps all (default {DEFAULTS.top_p}).")
+        gt=0, le=1, description=f"Nucleus sampling mass; 1 keeps all (default {DEFAULTS.top_p})."
+    )
     repetition_penalty: float | None = finite(
-        ge=1, le=10, description=f"CTRL-style penalty on tokens already present; 1 is none "
-                                 f"(default {DEFAULTS.repetition_penalty}).")
+        ge=1,
+        le=10,
+        description=f"CTRL-style penalty on tokens already present; 1 is none (default {DEFAULTS.repetition_penalty}).",
+    )
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="Makes sampling reproducible; none: random.")
 
 
@@ -109,8 +127,9 @@ class ModelRef(BaseModel):
 class Generation(BaseModel):
     text: str = Field(description="The completion only, without the prompt.")
     new_tokens: int
-    finish_reason: str = Field(description="length: max_new_tokens reached; eos: end-of-text; context: the "
-                                           "model's context is full")
+    finish_reason: str = Field(
+        description="length: max_new_tokens reached; eos: end-of-text; context: the model's context is full"
+    )
     prompt_tokens: int = Field(description="prompt tokens the model saw (an empty prompt is one end-of-text token)")
     prompt_truncated: int = Field(description="tokens cut from the prompt's start to fit the model's context")
     model: ModelRef
@@ -148,9 +167,19 @@ def decoding(request: GenerateRequest, vocab_size: int) -> tuple[int, Generation
     if request.top_k is not None and request.top_k > vocab_size:
         # Raised as pydantic's own error, so BentoML answers 400 in the same shape as the field checks
         # (also before a stream starts: BentoML awaits the first chunk before it sends the status).
-        raise ValidationError.from_exception_data(GenerateRequest.__name__, [{
-            "type": "value_error", "loc": ("top_k",), "input": request.top_k,
-            "ctx": {"error": ValueError(f"top_k {request.top_k} is over the model's vocabulary size {vocab_size}")}}])
+        raise ValidationError.from_exception_data(
+            GenerateRequest.__name__,
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("top_k",),
+                    "input": request.top_k,
+                    "ctx": {
+                        "error": ValueError(f"top_k {request.top_k} is over the model's vocabulary size {vocab_size}")
+                    },
+                }
+            ],
+        )
     given = request.model_dump(include=set(GenerationParams.model_fields), exclude_none=True)
     setting = GenerationParams(**{**SERVE.defaults.model_dump(), **given})
     return request.max_new_tokens or SERVE.default_max_new_tokens, setting
@@ -158,11 +187,19 @@ def decoding(request: GenerateRequest, vocab_size: int) -> tuple[int, Generation
 
 async def metadata(request: Request) -> JSONResponse:
     service = bentoml.get_current_service()
-    return JSONResponse({**service.loaded.metadata, "mode": service.mode,
-                         "poll_interval_s": SERVE.poll_interval_s if service.mode == "registry" else None,
-                         "limits": {"max_prompt_chars": SERVE.max_prompt_chars, "max_new_tokens": SERVE.max_new_tokens,
-                                    "vocab_size": service.loaded.vocab_size},
-                         "defaults": {"max_new_tokens": SERVE.default_max_new_tokens, **SERVE.defaults.model_dump()}})
+    return JSONResponse(
+        {
+            **service.loaded.metadata,
+            "mode": service.mode,
+            "poll_interval_s": SERVE.poll_interval_s if service.mode == "registry" else None,
+            "limits": {
+                "max_prompt_chars": SERVE.max_prompt_chars,
+                "max_new_tokens": SERVE.max_new_tokens,
+                "vocab_size": service.loaded.vocab_size,
+            },
+            "defaults": {"max_new_tokens": SERVE.default_max_new_tokens, **SERVE.defaults.model_dump()},
+        }
+    )
 
 
 @bentoml.asgi_app(Starlette(routes=[Route("/metadata", metadata, methods=["GET"])]), path="/")

@@ -1,11 +1,13 @@
 """evaluate: the trained model on the eval split, a confusion matrix, calibration, attention maps, and a gate.
 
 In:  --model (train's out), --prepared/eval.parquet.
-Out: --metrics (accuracy, macro F1, per-class precision/recall, ECE), --predictions (CSV for the DVC
+Out: --report-file (accuracy, macro F1, per-class precision/recall, ECE), --predictions (CSV for the DVC
      confusion plot), --figures (confusion.png, attention/*.png).
+     --metrics: the report's headline numbers (dvc metrics show).
 Params: labels, model.max_length, evaluate.*.
 Gate: accuracy below evaluate.min_accuracy fails the stage (after the reports are written).
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,37 +39,57 @@ def last_layer_attention(model_dir: Path, tokenizer, sentence: str, max_length: 
     return out.attentions[-1][0].numpy(), tokenizer.convert_ids_to_tokens(enc["input_ids"][0])
 
 
-def run(params: Params, model: Path, prepared: Path, metrics: Path, predictions: Path, figures: Path) -> None:
+def headline(report: dict) -> dict:
+    return {key: report[key] for key in ("accuracy", "macro_f1", "ece")}
+
+
+def run(
+    params: Params, model: Path, prepared: Path, metrics: Path, predictions: Path, figures: Path, report_file: Path
+) -> None:
     classifier = TorchClassifier(model, params.model.max_length)
     frame = pd.read_parquet(prepared / "eval.parquet")
     labels = np.array([params.labels.index(y) for y in frame["label"]])
     probs = classifier.predict_proba(list(frame["text"]), params.evaluate.batch_size)
     report = classification_report(probs, labels, params.labels, params.evaluate.ece_bins)
     predictions.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"actual": [params.labels[i] for i in labels],
-                  "predicted": [params.labels[i] for i in probs.argmax(1)],
-                  "probability": probs.max(1).round(4), "text": frame["text"]}).to_csv(predictions, index=False)
+    pd.DataFrame(
+        {
+            "actual": [params.labels[i] for i in labels],
+            "predicted": [params.labels[i] for i in probs.argmax(1)],
+            "probability": probs.max(1).round(4),
+            "text": frame["text"],
+        }
+    ).to_csv(predictions, index=False)
     (figures / "attention").mkdir(parents=True, exist_ok=True)
     confusion_png(report["confusion_matrix"], params.labels, figures / "confusion.png")
     for i, sentence in enumerate(params.evaluate.attention_sentences):
         attention, tokens = last_layer_attention(model, classifier.tokenizer, sentence, params.model.max_length)
         attention_png(attention, tokens, figures / "attention" / f"sentence_{i:02d}.png", sentence)
-    cli.write_json(metrics, report)
+    cli.write_results(report_file, metrics, report, headline(report))
     tracker = ModelRun(params.tracking.enabled, params.tracking.experiment).reopen(model)
     tracker.log_metrics(numeric("eval", {k: v for k, v in report.items() if k != "confusion_matrix"}))
     tracker.log_artifact(figures, "evaluate")
     for name in ("validation.json", "validation.md"):  # the Great Expectations result of this data
         tracker.log_artifact(prepared / name, "data_validation")
-    tracker.log_artifact(metrics, "reports")
-    log.info("accuracy %.4f, macro F1 %.4f, ECE %.4f on %d texts", report["accuracy"], report["macro_f1"],
-             report["ece"], report["examples"])
+    tracker.log_artifact(report_file, "reports")
+    log.info(
+        "accuracy %.4f, macro F1 %.4f, ECE %.4f on %d texts",
+        report["accuracy"],
+        report["macro_f1"],
+        report["ece"],
+        report["examples"],
+    )
     if report["accuracy"] < params.evaluate.min_accuracy:
-        raise GateFailed(f"eval accuracy {report['accuracy']:.4f} is below evaluate.min_accuracy="
-                         f"{params.evaluate.min_accuracy} (lower it in params.yaml only if that is intended)")
+        raise GateFailed(
+            f"eval accuracy {report['accuracy']:.4f} is below evaluate.min_accuracy="
+            f"{params.evaluate.min_accuracy} (lower it in params.yaml only if that is intended)"
+        )
 
 
 def main(argv=None) -> int:
-    return cli.main("evaluate", __doc__, ["model", "prepared", "metrics", "predictions", "figures"], run, argv)
+    return cli.main(
+        "evaluate", __doc__, ["model", "prepared", "metrics", "predictions", "figures", "report-file"], run, argv
+    )
 
 
 if __name__ == "__main__":

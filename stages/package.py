@@ -1,116 +1,133 @@
 """package: the deployable model folder, with a model card and a checksum manifest.
 
-In:  --int8 (INT8 ONNX + tokenizer), --{prepare,train,evaluate,quantize}-metrics (earlier stages' reports).
+In:  --int8 (INT8 ONNX + tokenizer), --{prepare,train,evaluate,quantize}-report (earlier stages' reports).
 Out: --out: model.onnx (INT8), config.json, tokenizer files, labels.json, MODEL_CARD.md,
      manifest.json (sha256 and size of every file, the git commit, the data hash).
 Params: all of params.yaml (they are written into the model card).
 MLflow: registers the folder as a new version of package.model_name (pyfunc; FP32 model from --model as
 an artifact), aliased `challenger`, with the gate evidence as version tags.
 """
+
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from textops import cli
 from textops.errors import PipelineError
-from textops.params import Params, TrackingParams, flatten
-from textops.tracking import ModelRun, dvc_stage_hashes, git_state
+from textops.onnx_export import INT8_FILE, MODEL_FILE
+from textops.packaging import manifest, register
+from textops.params import Params, flatten
+from textops.tracking import git_state
 
 log = logging.getLogger("textops.package")
-MODEL_FILE = "model.onnx"
+TASK = "sentiment"
 REPORTS = ("prepare", "train", "evaluate", "quantize")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def manifest(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size}
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "manifest.json"}
 
 
 def model_card(params: Params, reports: dict, git: dict, created: str) -> str:
     prep, train, ev, q = (reports[k] for k in REPORTS)
     lat = q["latency_ms"]
-    rows = [f"| {name} | {ev['per_class'][name]['precision']} | {ev['per_class'][name]['recall']} | "
-            f"{ev['per_class'][name]['support']} |" for name in params.labels]
-    return "\n".join([
-        f"# {params.package.model_name}", "",
-        f"Sentiment classifier ({', '.join(params.labels)}) fine-tuned from `{params.model.name}`, exported to ONNX "
-        f"and quantized to INT8 (dynamic, `{q['quantization_config']}`, per-channel {q['per_channel']}).",
-        f"Created {created} from git commit `{git['commit']}`{' (uncommitted changes)' if git['dirty'] else ''}.", "",
-        "## Data", "",
-        f"- Source: `{prep['source']}` (sha256 `{prep['data_hash']}`)",
-        f"- Rows: train {prep['rows']['train']}, eval {prep['rows']['eval']}; quarantined {prep['quarantined']} "
-        f"({', '.join(f'{k}: {v}' for k, v in prep['quarantine_reasons'].items()) or 'none'})",
-        f"- Validation (Great Expectations): {'passed' if prep['validation_success'] else 'FAILED'}", "",
-        "## Training", "",
-        f"- {train['train_rows']} rows, {params.train.epochs} epoch(s), batch {params.train.batch_size}, "
-        f"lr {params.train.learning_rate}, precision {train['precision']} on {train['device']}",
-        f"- {train['samples_per_second']} samples/s, {train['wall_time_s']} s, peak RSS {train['peak_rss_mb']} MB", "",
-        "## Evaluation (eval split, PyTorch FP32)", "",
-        f"- Accuracy {ev['accuracy']}, macro F1 {ev['macro_f1']}, ECE {ev['ece']} on {ev['examples']} texts", "",
-        "| class | precision | recall | support |", "|---|---|---|---|", *rows, "",
-        "## Quantization (INT8 vs FP32, whole eval split)", "",
-        "| | PyTorch FP32 | ONNX FP32 | ONNX INT8 |", "|---|---|---|---|",
-        f"| accuracy | {q['accuracy']['pytorch_fp32']} | {q['accuracy']['onnx_fp32']} | {q['accuracy']['onnx_int8']} |",
-        f"| size (MB) | {q['size_mb']['pytorch_fp32']} | {q['size_mb']['onnx_fp32']} | {q['size_mb']['onnx_int8']} |",
-        f"| latency p50 (ms) | {lat['pytorch_fp32']['p50']} | {lat['onnx_fp32']['p50']} | {lat['onnx_int8']['p50']} |",
-        f"| latency p99 (ms) | {lat['pytorch_fp32']['p99']} | {lat['onnx_fp32']['p99']} | {lat['onnx_int8']['p99']} |", "",
-        f"Latency: one text per request, every backend on {q['onnx_threads']} thread(s); INT8 speed-up over PyTorch "
-        f"{q['int8_speedup_vs_pytorch_p50']}x. PyTorch FP32 on its default "
-        f"{lat['pytorch_fp32_default_threads']['threads']} thread(s): p50 {lat['pytorch_fp32_default_threads']['p50']} "
-        f"ms, INT8 speed-up {q['int8_speedup_vs_pytorch_default_threads_p50']}x.", "",
-        f"Label agreement INT8/FP32 {q['agreement']} (one text per call, as served; "
-        f"{q.get('agreement_batch_64', 'not measured')} in batches of 64), largest probability difference "
-        f"{q['max_prob_diff']}.", "",
-        "## Params", "", "| key | value |", "|---|---|",
-        *[f"| {k} | {str(v).replace('|', '/')} |" for k, v in flatten(params).items()], "",
-        "## Limits", "",
-        "Trained on the data above only; metrics on the bundled sample (a few hundred sentences) say little about "
-        "real-world accuracy. English movie-review style text; texts longer than "
-        f"{params.model.max_length} tokens are truncated.", ""])
+    rows = [
+        f"| {name} | {ev['per_class'][name]['precision']} | {ev['per_class'][name]['recall']} | "
+        f"{ev['per_class'][name]['support']} |"
+        for name in params.labels
+    ]
+    return "\n".join(
+        [
+            f"# {params.package.model_name}",
+            "",
+            f"Sentiment classifier ({', '.join(params.labels)}) fine-tuned from `{params.model.name}`, exported to ONNX "
+            f"and quantized to INT8 (dynamic, `{q['quantization_config']}`, per-channel {q['per_channel']}).",
+            f"Created {created} from git commit `{git['commit']}`{' (uncommitted changes)' if git['dirty'] else ''}.",
+            "",
+            "## Data",
+            "",
+            f"- Source: `{prep['source']}` (sha256 `{prep['data_hash']}`)",
+            f"- Rows: train {prep['rows']['train']}, eval {prep['rows']['eval']}; quarantined {prep['quarantined']} "
+            f"({', '.join(f'{k}: {v}' for k, v in prep['quarantine_reasons'].items()) or 'none'})",
+            f"- Validation (Great Expectations): {'passed' if prep['validation_success'] else 'FAILED'}",
+            "",
+            "## Training",
+            "",
+            f"- {train['train_rows']} rows, {params.train.epochs} epoch(s), batch {params.train.batch_size}, "
+            f"lr {params.train.learning_rate}, precision {train['precision']} on {train['device']}",
+            f"- {train['samples_per_second']} samples/s, {train['wall_time_s']} s, peak RSS {train['peak_rss_mb']} MB",
+            "",
+            "## Evaluation (eval split, PyTorch FP32)",
+            "",
+            f"- Accuracy {ev['accuracy']}, macro F1 {ev['macro_f1']}, ECE {ev['ece']} on {ev['examples']} texts",
+            "",
+            "| class | precision | recall | support |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+            "## Quantization (INT8 vs FP32, whole eval split)",
+            "",
+            "| | PyTorch FP32 | ONNX FP32 | ONNX INT8 |",
+            "|---|---|---|---|",
+            f"| accuracy | {q['accuracy']['pytorch_fp32']} | {q['accuracy']['onnx_fp32']} | {q['accuracy']['onnx_int8']} |",
+            f"| size (MB) | {q['size_mb']['pytorch_fp32']} | {q['size_mb']['onnx_fp32']} | {q['size_mb']['onnx_int8']} |",
+            f"| latency p50 (ms) | {lat['pytorch_fp32']['p50']} | {lat['onnx_fp32']['p50']} | {lat['onnx_int8']['p50']} |",
+            f"| latency p99 (ms) | {lat['pytorch_fp32']['p99']} | {lat['onnx_fp32']['p99']} | {lat['onnx_int8']['p99']} |",
+            "",
+            f"Latency: one text per request, every backend on {q['onnx_threads']} thread(s); INT8 speed-up over PyTorch "
+            f"{q['int8_speedup_vs_pytorch_p50']}x. PyTorch FP32 on its default "
+            f"{lat['pytorch_fp32_default_threads']['threads']} thread(s): p50 {lat['pytorch_fp32_default_threads']['p50']} "
+            f"ms, INT8 speed-up {q['int8_speedup_vs_pytorch_default_threads_p50']}x.",
+            "",
+            f"Label agreement INT8/FP32 {q['agreement']} (one text per call, as served; "
+            f"{q.get('agreement_batch_64', 'not measured')} in batches of 64), largest probability difference "
+            f"{q['max_prob_diff']}.",
+            "",
+            "## Params",
+            "",
+            "| key | value |",
+            "|---|---|",
+            *[f"| {k} | {str(v).replace('|', '/')} |" for k, v in flatten(params).items()],
+            "",
+            "## Limits",
+            "",
+            "Trained on the data above only; metrics on the bundled sample (a few hundred sentences) say little about "
+            "real-world accuracy. English movie-review style text; texts longer than "
+            f"{params.model.max_length} tokens are truncated.",
+            "",
+        ]
+    )
 
 
 def evidence(task: str, reports: dict, git: dict) -> dict[str, str]:
     """What the promotion gate and a reviewer need, as registry tags on the version."""
     q = reports["quantize"]
-    return {"task": task, "eval_accuracy": reports["evaluate"]["accuracy"],
-            "int8_accuracy": q["accuracy"]["onnx_int8"], "fp32_accuracy": q["accuracy"]["pytorch_fp32"],
-            "int8_accuracy_drop": q["accuracy_drop"], "int8_agreement": q["agreement"], "int8_gate": "passed",
-            "latency_ms_p50": q["latency_ms"]["onnx_int8"]["p50"], "size_mb": q["size_mb"]["onnx_int8"],
-            "data_hash": reports["prepare"]["data_hash"], "git_commit": git["commit"]}
+    return {
+        "task": task,
+        "eval_accuracy": reports["evaluate"]["accuracy"],
+        "int8_accuracy": q["accuracy"]["onnx_int8"],
+        "fp32_accuracy": q["accuracy"]["pytorch_fp32"],
+        "int8_accuracy_drop": q["accuracy_drop"],
+        "int8_agreement": q["agreement"],
+        "int8_gate": "passed",
+        "latency_ms_p50": q["latency_ms"]["onnx_int8"]["p50"],
+        "size_mb": q["size_mb"]["onnx_int8"],
+        "data_hash": reports["prepare"]["data_hash"],
+        "git_commit": git["commit"],
+    }
 
 
-def register(tracking: TrackingParams, model_name: str, model: Path, out: Path, tags: dict, task: str) -> None:
-    """Both package stages: the package, model card, manifest and dvc.lock into the model's MLflow run, then a
-    new registry version aliased challenger (skipped when tracking is off)."""
-    from textops import registry
-
-    tracker = ModelRun(tracking.enabled, tracking.experiment).reopen(model)
-    if not tracker.run_id:
-        return
-    tracker.set_tags(dvc_stage_hashes())
-    for path in (out / "MODEL_CARD.md", out / "manifest.json", Path("dvc.lock")):
-        tracker.log_artifact(path, "package")
-    version = registry.register(model_name, tracker.run_id, out, model, tags, task=task)
-    tracker.set_tags({"registered_version": version})
-    log.info("registered %s version %s as '%s'", model_name, version, registry.CHALLENGER)
-
-
-def run(params: Params, model: Path, int8: Path, prepare_metrics: Path, train_metrics: Path, evaluate_metrics: Path,
-        quantize_metrics: Path, out: Path) -> None:
-    reports = dict(zip(REPORTS, (prepare_metrics, train_metrics, evaluate_metrics, quantize_metrics)))
-    missing = [str(p) for p in [*reports.values(), int8 / "model_quantized.onnx"] if not p.is_file()]
+def run(
+    params: Params,
+    model: Path,
+    int8: Path,
+    prepare_report: Path,
+    train_report: Path,
+    evaluate_report: Path,
+    quantize_report: Path,
+    out: Path,
+) -> None:
+    reports = dict(zip(REPORTS, (prepare_report, train_report, evaluate_report, quantize_report)))
+    missing = [str(p) for p in [*reports.values(), int8 / INT8_FILE] if not p.is_file()]
     if missing:
         raise PipelineError(f"package needs the outputs of the earlier stages; missing: {missing} (run `dvc repro`)")
     if out.exists():
@@ -119,23 +136,32 @@ def run(params: Params, model: Path, int8: Path, prepare_metrics: Path, train_me
     for f in int8.iterdir():
         if f.name == "ort_config.json":
             continue
-        shutil.copy2(f, out / (MODEL_FILE if f.name == "model_quantized.onnx" else f.name))
+        shutil.copy2(f, out / (MODEL_FILE if f.name == INT8_FILE else f.name))
     cli.write_json(out / "labels.json", params.labels)
     report_data = {name: cli.read_json(path) for name, path in reports.items()}
     git = git_state()
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     (out / "MODEL_CARD.md").write_text(model_card(params, report_data, git, created), encoding="utf-8")
-    cli.write_json(out / "manifest.json", {"name": params.package.model_name, "task": params.task,
-                                           "model_file": MODEL_FILE, "labels": params.labels,
-                                           "max_length": params.model.max_length, "git": git, "created": created,
-                                           "data_hash": report_data["prepare"]["data_hash"], "files": manifest(out)})
+    cli.write_json(
+        out / "manifest.json",
+        {
+            "name": params.package.model_name,
+            "task": TASK,
+            "model_file": MODEL_FILE,
+            "labels": params.labels,
+            "max_length": params.model.max_length,
+            "git": git,
+            "created": created,
+            "data_hash": report_data["prepare"]["data_hash"],
+            "files": manifest(out),
+        },
+    )
     log.info("packaged %d files into %s", len(list(out.iterdir())), out)
-    register(params.tracking, params.package.model_name, model, out, evidence(params.task, report_data, git),
-             params.task)
+    register(params.tracking, params.package.model_name, model, out, evidence(TASK, report_data, git), TASK)
 
 
 def main(argv=None) -> int:
-    paths = ["model", "int8", "prepare-metrics", "train-metrics", "evaluate-metrics", "quantize-metrics", "out"]
+    paths = ["model", "int8", "prepare-report", "train-report", "evaluate-report", "quantize-report", "out"]
     return cli.main("package", __doc__, paths, run, argv)
 
 

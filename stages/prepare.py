@@ -2,10 +2,12 @@
 
 In:  params prepare.source (file, GLUE-style folder, or Hub dataset id).
 Out: --out/{train,eval}.parquet (columns text,label), quarantine.jsonl (every dropped row with its
-     reason and line), validation.json + validation.md (Great Expectations); --metrics (row counts).
+     reason and line), validation.json + validation.md (Great Expectations); --report-file (row counts).
+     --metrics: the report's headline numbers (dvc metrics show).
 Params: labels, seed, prepare.*.
-Run: python -m stages.prepare --out outputs/sentiment/prepared --metrics outputs/sentiment/metrics/prepare.json
+Run: python -m stages.prepare --out ... --metrics ... --report-file ... (dvc.yaml passes the paths)
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +25,15 @@ from textops.sources import RawSplit, Rejected, hash_files, locate, read_split
 from textops.validation import Bounds, ValidationFailed, failures, render_markdown, validate_splits
 
 log = logging.getLogger("textops.prepare")
-ROW_PROBLEMS = ("malformed row", "undecodable bytes", "unknown label", "empty text", "whitespace-only text",
-                "text too short", "text too long")
+ROW_PROBLEMS = (
+    "malformed row",
+    "undecodable bytes",
+    "unknown label",
+    "empty text",
+    "whitespace-only text",
+    "text too short",
+    "text too long",
+)
 
 
 def row_problem(text: str, label_raw: str, p: PrepareParams, labels: list[str]) -> str | None:
@@ -63,25 +72,31 @@ def check_bad_fraction(raw: RawSplit, rejected: list[Rejected], max_fraction: fl
     bad = len(rejected)
     if total and bad / total > max_fraction:
         reasons = Counter(r.reason.split(" (")[0].split(":")[0] for r in rejected).most_common(3)
-        raise ValidationFailed(f"{raw.file}: {bad} of {total} rows ({bad / total:.1%}) are unusable, over "
-                               f"prepare.max_bad_fraction={max_fraction}; most common: {reasons}. "
-                               f"See the quarantine file for each row.")
+        raise ValidationFailed(
+            f"{raw.file}: {bad} of {total} rows ({bad / total:.1%}) are unusable, over "
+            f"prepare.max_bad_fraction={max_fraction}; most common: {reasons}. "
+            f"See the quarantine file for each row."
+        )
 
 
 def drop_duplicates(frame: pd.DataFrame, split: str) -> tuple[pd.DataFrame, list[Rejected]]:
     """Keep the first occurrence of each exact text inside a split."""
     first_line = frame.groupby("text", sort=False)["line"].transform("first")
     dup = frame["text"].duplicated(keep="first")
-    rejected = [Rejected(split, r.file, r.line, f"duplicate text in split '{split}' (first at line {fl})", r.text, r.label)
-                for r, fl in zip(frame[dup].itertuples(index=False), first_line[dup])]
+    rejected = [
+        Rejected(split, r.file, r.line, f"duplicate text in split '{split}' (first at line {fl})", r.text, r.label)
+        for r, fl in zip(frame[dup].itertuples(index=False), first_line[dup])
+    ]
     return frame[~dup].reset_index(drop=True), rejected
 
 
 def drop_leakage(train: pd.DataFrame, eval_: pd.DataFrame) -> tuple[pd.DataFrame, list[Rejected]]:
     """A text present in eval is removed from train, so eval measures unseen text."""
     leaked = train["text"].isin(set(eval_["text"]))
-    rejected = [Rejected("train", r.file, r.line, "text also in the eval split (leakage)", r.text, r.label)
-                for r in train[leaked].itertuples(index=False)]
+    rejected = [
+        Rejected("train", r.file, r.line, "text also in the eval split (leakage)", r.text, r.label)
+        for r in train[leaked].itertuples(index=False)
+    ]
     return train[~leaked].reset_index(drop=True), rejected
 
 
@@ -90,11 +105,14 @@ def split_eval(frame: pd.DataFrame, fraction: float, seed: int, source: str) -> 
     n, classes = len(frame), frame["label"].nunique()
     n_eval = max(1, round(n * fraction))
     if n < 2 or n_eval >= n:
-        raise ValidationFailed(f"{source}: {n} usable row(s) cannot be split into train and eval "
-                               f"(prepare.eval_fraction={fraction}); add rows or give an eval split")
+        raise ValidationFailed(
+            f"{source}: {n} usable row(s) cannot be split into train and eval "
+            f"(prepare.eval_fraction={fraction}); add rows or give an eval split"
+        )
     can_stratify = frame["label"].value_counts().min() >= 2 and classes <= n_eval <= n - classes
-    train, eval_ = train_test_split(frame, test_size=n_eval, random_state=seed,
-                                    stratify=frame["label"] if can_stratify else None)
+    train, eval_ = train_test_split(
+        frame, test_size=n_eval, random_state=seed, stratify=frame["label"] if can_stratify else None
+    )
     return train.reset_index(drop=True), eval_.reset_index(drop=True)
 
 
@@ -132,8 +150,10 @@ def prepare(params: Params) -> dict:
     splits["train"] = sample_train(splits["train"], p.max_train_rows, params.seed)
     for name, frame in splits.items():
         if frame.empty:
-            raise ValidationFailed(f"{files.get(name, files['train'])}: split '{name}' has no usable rows "
-                                   f"after cleaning (see the quarantine file)")
+            raise ValidationFailed(
+                f"{files.get(name, files['train'])}: split '{name}' has no usable rows "
+                f"after cleaning (see the quarantine file)"
+            )
     bounds = Bounds(params.labels, p.min_chars, p.max_chars, p.min_class_fraction)
     validation = validate_splits({k: v[["text", "label"]] for k, v in splits.items()}, bounds)
     report = {
@@ -151,7 +171,12 @@ def prepare(params: Params) -> dict:
     return {"splits": splits, "quarantine": quarantine, "validation": validation, "report": report}
 
 
-def run(params: Params, out: Path, metrics: Path) -> None:
+def headline(report: dict) -> dict:
+    """prepare's numbers for `dvc metrics show`; the whole report is in --report."""
+    return {"rows": report["rows"], "quarantined": report["quarantined"]}
+
+
+def run(params: Params, out: Path, metrics: Path, report_file: Path) -> None:
     result = prepare(params)
     out.mkdir(parents=True, exist_ok=True)
     for name, frame in result["splits"].items():
@@ -160,20 +185,29 @@ def run(params: Params, out: Path, metrics: Path) -> None:
         for r in result["quarantine"]:
             fh.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
     report, validation = result["report"], result["validation"]
-    counts = {"splits": {s: {"kept": n, "quarantined": sum(r.split == s for r in result["quarantine"])}
-                         for s, n in report["rows"].items()},
-              "quarantine_reasons": report["quarantine_reasons"]}
+    counts = {
+        "splits": {
+            s: {"kept": n, "quarantined": sum(r.split == s for r in result["quarantine"])}
+            for s, n in report["rows"].items()
+        },
+        "quarantine_reasons": report["quarantine_reasons"],
+    }
     cli.write_json(out / "validation.json", validation)
     (out / "validation.md").write_text(render_markdown(validation, counts), encoding="utf-8")
-    cli.write_json(metrics, report)
+    cli.write_results(report_file, metrics, report, headline(report))
     log.info("rows %s, quarantined %d %s", report["rows"], report["quarantined"], report["quarantine_reasons"])
     if not validation["success"]:
-        raise ValidationFailed("data validation failed for " + ", ".join(report["source_files"].values()) + ":\n  - "
-                               + "\n  - ".join(failures(validation)) + f"\nReport: {out / 'validation.md'}")
+        raise ValidationFailed(
+            "data validation failed for "
+            + ", ".join(report["source_files"].values())
+            + ":\n  - "
+            + "\n  - ".join(failures(validation))
+            + f"\nReport: {out / 'validation.md'}"
+        )
 
 
 def main(argv=None) -> int:
-    return cli.main("prepare", __doc__, ["out", "metrics"], run, argv)
+    return cli.main("prepare", __doc__, ["out", "metrics", "report-file"], run, argv)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
 In:  params story.prepare.source (a .txt file or a folder of .txt files; documents at blank lines).
 Out: --out/train.txt and eval.txt (documents joined by one blank line), quarantine.jsonl (each left-out
      document: file, line, reason, text), validation.json + validation.md (Great Expectations);
-     --metrics (documents and characters per split, quarantine counts by reason, data hash, source).
+     --report-file (documents and characters per split, quarantine counts by reason, data hash, source).
+     --metrics: the report's headline numbers (dvc metrics show).
 Params: story.seed, story.prepare.*.
-Run: python -m stages.story_prepare --out outputs/story/prepared --metrics outputs/story/metrics/prepare.json
+Run: python -m stages.story_prepare --out ... --metrics ... --report-file ... (dvc.yaml passes the paths)
 """
+
 from __future__ import annotations
 
 import json
@@ -45,7 +47,11 @@ def write_quarantine(path: Path, quarantine: list) -> None:
             fh.write(json.dumps(asdict(q), ensure_ascii=False) + "\n")
 
 
-def run(params: Params, out: Path, metrics: Path) -> None:
+def headline(report: dict) -> dict:
+    return {"documents": report["documents"], "quarantined": report["quarantined"]}
+
+
+def run(params: Params, out: Path, metrics: Path, report_file: Path) -> None:
     p = params.story.prepare
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -58,23 +64,39 @@ def run(params: Params, out: Path, metrics: Path) -> None:
     write_quarantine(out / "quarantine.jsonl", result["quarantine"])
     report, validation = summary(result, p.source), result["validation"]
     leaked = report["quarantine_reasons"].get("leakage", 0)
-    counts = {"splits": {"source": {"kept": report["documents_read"] - report["quarantined"] + leaked,
-                                    "quarantined": report["quarantined"] - leaked},
-                         "train": {"kept": report["documents"]["train"], "quarantined": 0},
-                         "eval": {"kept": report["documents"]["eval"], "quarantined": leaked}},
-              "quarantine_reasons": report["quarantine_reasons"]}
+    counts = {
+        "splits": {
+            "source": {
+                "kept": report["documents_read"] - report["quarantined"] + leaked,
+                "quarantined": report["quarantined"] - leaked,
+            },
+            "train": {"kept": report["documents"]["train"], "quarantined": 0},
+            "eval": {"kept": report["documents"]["eval"], "quarantined": leaked},
+        },
+        "quarantine_reasons": report["quarantine_reasons"],
+    }
     cli.write_json(out / "validation.json", validation)
     (out / "validation.md").write_text(render_markdown(validation, counts), encoding="utf-8")
-    cli.write_json(metrics, report)
-    log.info("documents %s, chars %s, quarantined %d %s", report["documents"], report["chars"],
-             report["quarantined"], report["quarantine_reasons"])
+    cli.write_results(report_file, metrics, report, headline(report))
+    log.info(
+        "documents %s, chars %s, quarantined %d %s",
+        report["documents"],
+        report["chars"],
+        report["quarantined"],
+        report["quarantine_reasons"],
+    )
     if not validation["success"]:
-        raise ValidationFailed("data validation failed for " + ", ".join(report["source_files"]) + ":\n  - "
-                               + "\n  - ".join(failures(validation)) + f"\nReport: {out / 'validation.md'}")
+        raise ValidationFailed(
+            "data validation failed for "
+            + ", ".join(report["source_files"])
+            + ":\n  - "
+            + "\n  - ".join(failures(validation))
+            + f"\nReport: {out / 'validation.md'}"
+        )
 
 
 def main(argv=None) -> int:
-    return cli.main("story_prepare", __doc__, ["out", "metrics"], run, argv)
+    return cli.main("story_prepare", __doc__, ["out", "metrics", "report-file"], run, argv)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@
 In:  --prepared/{train,eval}.txt (documents separated by a blank line).
 Out: --out/tokenizer/ (PreTrainedTokenizerFast; eos = bos = pad = <|endoftext|>), train.npy and eval.npy
      (1-D int32: each split's documents with the eos id between them), report.md (tokens per word
-     against the sentiment model's WordPiece); --metrics (vocabulary, token counts, round-trip check).
+     against the sentiment model's WordPiece); --report-file (vocabulary, token counts, round-trip check).
+     --metrics: the report's headline numbers (dvc metrics show).
 Params: story.tokenize.* (kind char, bpe or base), story.model.base (kind base), model.name (the
         WordPiece compared against).
-Run: python -m stages.story_tokenize --prepared outputs/story/prepared --out outputs/story/tokenized --metrics ...
+Run: python -m stages.story_tokenize --prepared ... --out ... --metrics ... --report-file ... (dvc.yaml passes the paths)
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,31 +40,55 @@ def read_documents(prepared: Path, split: str) -> list[str]:
 
 def comparison(tokenizer, wordpiece, name: str, sentences: list[str], eval_docs: list[str]) -> list[dict]:
     """Tokens per word of both tokenizers on each sentence and on the whole eval split."""
-    rows = [{"text": s, "words": words(s), "story": tokens_per_word(tokenizer, [s]),
-             name: tokens_per_word(wordpiece, [s]) if wordpiece else None,
-             "pieces": [tokenizer.decode([i]) for i in tokenizer(s, add_special_tokens=False)["input_ids"]]}
-            for s in sentences]
-    rows.append({"text": "(eval split)", "words": sum(map(words, eval_docs)), "story": tokens_per_word(tokenizer, eval_docs),
-                 name: tokens_per_word(wordpiece, eval_docs) if wordpiece else None, "pieces": None})
+    rows = [
+        {
+            "text": s,
+            "words": words(s),
+            "story": tokens_per_word(tokenizer, [s]),
+            name: tokens_per_word(wordpiece, [s]) if wordpiece else None,
+            "pieces": [tokenizer.decode([i]) for i in tokenizer(s, add_special_tokens=False)["input_ids"]],
+        }
+        for s in sentences
+    ]
+    rows.append(
+        {
+            "text": "(eval split)",
+            "words": sum(map(words, eval_docs)),
+            "story": tokens_per_word(tokenizer, eval_docs),
+            name: tokens_per_word(wordpiece, eval_docs) if wordpiece else None,
+            "pieces": None,
+        }
+    )
     return rows
 
 
 def render_report(metrics: dict, rows: list[dict], name: str, why_missing: str) -> str:
-    lines = ["# Story tokenizer", "",
-             f"Kind **{metrics['kind']}**, vocabulary {metrics['vocab_size']}; tokens: train {metrics['tokens']['train']}, "
-             f"eval {metrics['tokens']['eval']} ({metrics['chars_per_token']} characters per token on eval).", "",
-             f"## Tokens per word: this tokenizer against `{name}` (the sentiment model's)", ""]
+    lines = [
+        "# Story tokenizer",
+        "",
+        f"Kind **{metrics['kind']}**, vocabulary {metrics['vocab_size']}; tokens: train {metrics['tokens']['train']}, "
+        f"eval {metrics['tokens']['eval']} ({metrics['chars_per_token']} characters per token on eval).",
+        "",
+        f"## Tokens per word: this tokenizer against `{name}` (the sentiment model's)",
+        "",
+    ]
     if why_missing:
         lines += [f"The `{name}` tokenizer could not be loaded ({why_missing}); only this tokenizer is shown.", ""]
     lines += ["| text | words | story | sentiment |", "|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['text'].replace('|', '/')} | {r['words']} | {r['story']} | {r[name] if r[name] is not None else '-'} |")
+        lines.append(
+            f"| {r['text'].replace('|', '/')} | {r['words']} | {r['story']} | {r[name] if r[name] is not None else '-'} |"
+        )
     lines += ["", "## How the sentences split (pieces joined by ` | `)", ""]
     lines += [f"- `{' | '.join(p.replace(chr(10), '⏎') for p in r['pieces'])}`" for r in rows if r["pieces"]]
     return "\n".join(lines) + "\n"
 
 
-def run(params: Params, prepared: Path, out: Path, metrics: Path) -> None:
+def headline(report: dict) -> dict:
+    return {"tokens": {"train": report["tokens"]["train"]}, "chars_per_token": report["chars_per_token"]}
+
+
+def run(params: Params, prepared: Path, out: Path, metrics: Path, report_file: Path) -> None:
     docs = {split: read_documents(prepared, split) for split in SPLITS}
     tokenizer = build_tokenizer(params.story, docs["train"])
     out.mkdir(parents=True, exist_ok=True)
@@ -75,22 +101,31 @@ def run(params: Params, prepared: Path, out: Path, metrics: Path) -> None:
     except PipelineError as error:  # the comparison is a report, not a reason to stop the story task
         wordpiece, why_missing = None, str(error)
     report = {
-        "kind": params.story.tokenize.kind, "vocab_size": len(tokenizer),
-        "documents": {s: len(d) for s, d in docs.items()}, "tokens": {s: int(v.size) for s, v in streams.items()},
-        "chars_per_token": round(sum(map(len, docs["eval"])) / max(1, int((streams["eval"] != tokenizer.eos_token_id).sum())), 3),
-        "eval_unknown_tokens": int((streams["eval"] == tokenizer.unk_token_id).sum()) if tokenizer.unk_token_id is not None else 0,
+        "kind": params.story.tokenize.kind,
+        "vocab_size": len(tokenizer),
+        "documents": {s: len(d) for s, d in docs.items()},
+        "tokens": {s: int(v.size) for s, v in streams.items()},
+        "chars_per_token": round(
+            sum(map(len, docs["eval"])) / max(1, int((streams["eval"] != tokenizer.eos_token_id).sum())), 3
+        ),
+        "eval_unknown_tokens": int((streams["eval"] == tokenizer.unk_token_id).sum())
+        if tokenizer.unk_token_id is not None
+        else 0,
         "eval_roundtrip_failures": roundtrip_failures(tokenizer, docs["eval"]),
     }
     rows = comparison(tokenizer, wordpiece, params.model.name, params.story.tokenize.compare_sentences, docs["eval"])
-    report["tokens_per_word"] = {"story_eval": rows[-1]["story"], "sentiment_eval": rows[-1][params.model.name],
-                                 "sentiment_model": params.model.name}
+    report["tokens_per_word"] = {
+        "story_eval": rows[-1]["story"],
+        "sentiment_eval": rows[-1][params.model.name],
+        "sentiment_model": params.model.name,
+    }
     (out / "report.md").write_text(render_report(report, rows, params.model.name, why_missing), encoding="utf-8")
-    cli.write_json(metrics, report)
+    cli.write_results(report_file, metrics, report, headline(report))
     log.info("%s", report)
 
 
 def main(argv=None) -> int:
-    return cli.main("story_tokenize", __doc__, ["prepared", "out", "metrics"], run, argv)
+    return cli.main("story_tokenize", __doc__, ["prepared", "out", "metrics", "report-file"], run, argv)
 
 
 if __name__ == "__main__":

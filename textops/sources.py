@@ -3,6 +3,7 @@
 A source is a file (.tsv/.csv/.jsonl/.parquet), a folder with train.* and dev.* (GLUE layout),
 or a Hugging Face Hub dataset id (downloaded when online).
 """
+
 from __future__ import annotations
 
 import csv
@@ -62,16 +63,25 @@ def _decoded_lines(path: Path, split: str, rejected: list[Rejected]) -> list[tup
         try:
             out.append((number, raw.decode("utf-8")))
         except UnicodeDecodeError as error:
-            rejected.append(Rejected(split, str(path), number, f"undecodable bytes (not UTF-8: {error.reason} at byte {error.start})",
-                                     raw.decode("utf-8", errors="replace")))
+            rejected.append(
+                Rejected(
+                    split,
+                    str(path),
+                    number,
+                    f"undecodable bytes (not UTF-8: {error.reason} at byte {error.start})",
+                    raw.decode("utf-8", errors="replace"),
+                )
+            )
     return out
 
 
 def _columns(path: Path, header: list[str], text_column: str, label_column: str) -> tuple[int, int]:
     missing = [c for c in (text_column, label_column) if c not in header]
     if missing:
-        raise SourceError(f"{path}: missing column(s) {missing}; the header has {header} "
-                          f"(set prepare.text_column / prepare.label_column)")
+        raise SourceError(
+            f"{path}: missing column(s) {missing}; the header has {header} "
+            f"(set prepare.text_column / prepare.label_column)"
+        )
     return header.index(text_column), header.index(label_column)
 
 
@@ -93,9 +103,15 @@ def _read_delimited(path: Path, split: str, text_column: str, label_column: str,
     records = []
     for number, fields in body:
         if len(fields) != len(header):
-            rejected.append(Rejected(split, str(path), number,
-                                     f"malformed row: {len(fields)} fields, header has {len(header)}",
-                                     delimiter.join(fields)))
+            rejected.append(
+                Rejected(
+                    split,
+                    str(path),
+                    number,
+                    f"malformed row: {len(fields)} fields, header has {len(header)}",
+                    delimiter.join(fields),
+                )
+            )
             continue
         records.append((fields[ti], fields[li].strip(), str(path), number))
     return RawSplit(split, str(path), _frame(records), rejected)
@@ -117,8 +133,9 @@ def _read_jsonl(path: Path, split: str, text_column: str, label_column: str) -> 
             continue
         seen_keys |= obj.keys()
         if text_column not in obj or label_column not in obj:
-            rejected.append(Rejected(split, str(path), number,
-                                     f"malformed row: lacks '{text_column}' or '{label_column}'", line))
+            rejected.append(
+                Rejected(split, str(path), number, f"malformed row: lacks '{text_column}' or '{label_column}'", line)
+            )
             continue
         text = obj[text_column]
         if not isinstance(text, str):
@@ -174,8 +191,13 @@ def read_split(path: Path, split: str, text_column: str, label_column: str) -> R
 
 
 def _find(folder: Path, names: tuple[str, ...]) -> Path | None:
-    hits = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
-                  and any(p.name.lower().startswith(n + ".") or p.name.lower().startswith(n + "-") for n in names))
+    hits = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in SUFFIXES
+        and any(p.name.lower().startswith(n + ".") or p.name.lower().startswith(n + "-") for n in names)
+    )
     return hits[0] if hits else None
 
 
@@ -197,7 +219,9 @@ def locate(source: str, cache_dir: Path | None = None) -> dict[str, Path]:
     looks_local = path.suffix.lower() in SUFFIXES or source.startswith((".", "/", "~")) or path.parent.is_dir()
     if HUB_ID.match(source) and not looks_local:
         return locate(str(download_hub_dataset(source, cache_dir)))
-    raise SourceError(f"prepare.source '{source}': no such file or folder (and not a Hub dataset id like 'stanfordnlp/sst2')")
+    raise SourceError(
+        f"prepare.source '{source}': no such file or folder (and not a Hub dataset id like 'stanfordnlp/sst2')"
+    )
 
 
 def download_hub_dataset(repo_id: str, cache_dir: Path | None = None) -> Path:
@@ -205,11 +229,16 @@ def download_hub_dataset(repo_id: str, cache_dir: Path | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, repo_type="dataset", cache_dir=cache_dir,
-                                      allow_patterns=[f"*{s}" for s in SUFFIXES]))
+        return Path(
+            snapshot_download(
+                repo_id, repo_type="dataset", cache_dir=cache_dir, allow_patterns=[f"*{s}" for s in SUFFIXES]
+            )
+        )
     except Exception as error:
-        raise SourceError(f"prepare.source '{repo_id}': could not download it from the Hugging Face Hub "
-                          f"({type(error).__name__}: {error}). Offline? Point prepare.source at a local file or folder.") from None
+        raise SourceError(
+            f"prepare.source '{repo_id}': could not download it from the Hugging Face Hub "
+            f"({type(error).__name__}: {error}). Offline? Point prepare.source at a local file or folder."
+        ) from None
 
 
 def hash_files(paths: list[Path]) -> str:

@@ -1,9 +1,11 @@
 """MLflow tracking: where the store is, and one run per trained model that later stages add to.
 
-Default store: SQLite and an artifact folder under mlflow/ (no server). MLFLOW_TRACKING_URI
-switches to a team server. The train stage opens the run and writes its id into the model folder;
+Default store: SQLite and an artifact folder under the workspace's mlflow/ (no server); the workspace is
+DVC_ROOT, which DVC sets for every stage, also in `dvc exp run --temp/--queue` runs, whose stages run in
+a temporary copy that DVC deletes afterwards. MLFLOW_TRACKING_URI switches to a team server. The train stage opens the run and writes its id into the model folder;
 evaluate, quantize and package reopen that run, so a stage DVC skips logs nothing.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -19,8 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_FILE = "mlflow_run.json"
 
 
-def default_tracking_uri(root: Path = ROOT) -> str:
-    return f"sqlite:///{root / 'mlflow' / 'db' / 'mlflow.db'}"
+def workspace() -> Path:
+    """The DVC workspace the store belongs to: DVC_ROOT under DVC (the real one, not an experiment's temporary
+    copy), else the repository this code is in."""
+    return Path(os.environ.get("DVC_ROOT") or ROOT)
+
+
+def default_tracking_uri(root: Path | None = None) -> str:
+    return f"sqlite:///{(root or workspace()) / 'mlflow' / 'db' / 'mlflow.db'}"
 
 
 def connect() -> str:
@@ -50,14 +58,17 @@ def configure(experiment: str) -> str:
             mlflow.create_experiment(experiment, artifact_location=location)
         mlflow.set_experiment(experiment)
     except Exception as error:  # connection errors come as several types (requests, MlflowException)
-        raise PipelineError(f"MLflow tracking store {uri} is unreachable or refused the request "
-                            f"({type(error).__name__}: {str(error)[:300]}). Start it, or unset "
-                            f"MLFLOW_TRACKING_URI to use the local SQLite store.") from None
+        raise PipelineError(
+            f"MLflow tracking store {uri} is unreachable or refused the request "
+            f"({type(error).__name__}: {str(error)[:300]}). Start it, or unset "
+            f"MLFLOW_TRACKING_URI to use the local SQLite store."
+        ) from None
     return uri
 
 
 def git_state(cwd: Path = Path(".")) -> dict:
     """The commit the code ran from, and whether tracked files had uncommitted changes."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
 
@@ -69,10 +80,13 @@ def git_state(cwd: Path = Path(".")) -> dict:
 
 def git_tags() -> dict[str, str]:
     state = git_state()
-    return {"git_commit": state["commit"], "git_dirty": str(state["dirty"]).lower()}
+    tags = {"git_commit": state["commit"], "git_dirty": str(state["dirty"]).lower()}
+    if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run`: links the run to its row in `dvc exp show`
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+    return tags
 
 
-def dvc_stage_hashes(lock: Path = ROOT / "dvc.lock") -> dict[str, str]:
+def dvc_stage_hashes(lock: Path = Path("dvc.lock")) -> dict[str, str]:
     """md5 of each stage's command, deps and outs as dvc.lock records them (what made this model)."""
     import hashlib
 
@@ -81,8 +95,10 @@ def dvc_stage_hashes(lock: Path = ROOT / "dvc.lock") -> dict[str, str]:
     if not lock.is_file():
         return {}
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    return {f"dvc_stage.{name}": hashlib.md5(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:12]
-            for name, entry in stages.items()}
+    return {
+        f"dvc_stage.{name}": hashlib.md5(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:12]
+        for name, entry in stages.items()
+    }
 
 
 def write_run_id(model_dir: Path, run_id: str, uri: str) -> None:
@@ -98,12 +114,21 @@ def log_curve(client: Any, run_id: str, log_history: list[dict]) -> None:
     """Per-step training curves: loss, learning rate, gradient norm, eval accuracy."""
     from mlflow.entities import Metric
 
-    keys = {"loss": "train_loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm",
-            "eval_accuracy": "eval_accuracy", "eval_loss": "eval_loss"}
-    metrics = [Metric(keys[k], float(v), 0, int(e["step"])) for e in log_history for k, v in e.items()
-               if k in keys and v is not None]
+    keys = {
+        "loss": "train_loss",
+        "learning_rate": "learning_rate",
+        "grad_norm": "grad_norm",
+        "eval_accuracy": "eval_accuracy",
+        "eval_loss": "eval_loss",
+    }
+    metrics = [
+        Metric(keys[k], float(v), 0, int(e["step"]))
+        for e in log_history
+        for k, v in e.items()
+        if k in keys and v is not None
+    ]
     for start in range(0, len(metrics), 500):
-        client.log_batch(run_id, metrics=metrics[start:start + 500])
+        client.log_batch(run_id, metrics=metrics[start : start + 500])
 
 
 def numeric(prefix: str, data: dict) -> dict[str, float]:
@@ -129,24 +154,36 @@ class ModelRun:
         self.run_id: str | None = None
         self.uri: str | None = None
 
-    def start(self, run_name: str, tags: dict[str, str]) -> "ModelRun":
+    def start(self, run_name: str, tags: dict[str, str]) -> ModelRun:
         if self.enabled:
             import mlflow
 
             self.uri = configure(self.experiment)
-            self.run_id = mlflow.MlflowClient().create_run(
-                mlflow.get_experiment_by_name(self.experiment).experiment_id, run_name=run_name,
-                tags={**git_tags(), "mlflow.user": getpass.getuser(), "mlflow.source.name": "dvc repro (stages.train)",
-                      **tags}).info.run_id
+            self.run_id = (
+                mlflow.MlflowClient()
+                .create_run(
+                    mlflow.get_experiment_by_name(self.experiment).experiment_id,
+                    run_name=run_name,
+                    tags={
+                        **git_tags(),
+                        "mlflow.user": getpass.getuser(),
+                        "mlflow.source.name": "dvc repro (stages.train)",
+                        **tags,
+                    },
+                )
+                .info.run_id
+            )
         return self
 
-    def reopen(self, model_dir: Path) -> "ModelRun":
+    def reopen(self, model_dir: Path) -> ModelRun:
         if self.enabled:
             self.uri = configure(self.experiment)
             self.run_id = read_run_id(model_dir)
             if self.run_id is None:
-                raise PipelineError(f"{model_dir / RUN_FILE} is missing: the model was trained with tracking off; "
-                                    f"rerun train (dvc repro -f -s train) or set tracking.enabled: false")
+                raise PipelineError(
+                    f"{model_dir / RUN_FILE} is missing: the model was trained with tracking off; "
+                    f"rerun train (dvc repro -f -s train) or set tracking.enabled: false"
+                )
         return self
 
     @property
@@ -161,13 +198,13 @@ class ModelRun:
 
             items = [Param(k, str(v)[:6000]) for k, v in params.items()]
             for start in range(0, len(items), 100):
-                self.client.log_batch(self.run_id, params=items[start:start + 100])
+                self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         if self.run_id:
-            from mlflow.entities import Metric
-
             import time
+
+            from mlflow.entities import Metric
 
             now = int(time.time() * 1000)
             self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])

@@ -1,4 +1,5 @@
 """textops.validation: the Great Expectations suite fails on the expectation that names the problem."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -12,15 +13,19 @@ BOUNDS = Bounds(labels=LABELS, min_chars=1, max_chars=200, min_class_fraction=0.
 
 
 def frame(n_positive: int, n_negative: int, tag: str) -> pd.DataFrame:
-    texts = [f"good {tag} film number {i}" for i in range(n_positive)] + \
-            [f"bad {tag} film number {i}" for i in range(n_negative)]
+    texts = [f"good {tag} film number {i}" for i in range(n_positive)] + [
+        f"bad {tag} film number {i}" for i in range(n_negative)
+    ]
     return pd.DataFrame({"text": texts, "label": ["positive"] * n_positive + ["negative"] * n_negative})
 
 
 def failed(result: dict) -> list[tuple[str, str, str]]:
     """(split, expectation type, check or column) of every failed expectation."""
-    return sorted((c["split"], c["expectation"], c["check"] or str(c["kwargs"].get("value_set", c["kwargs"])))
-                  for c in result["checks"] if not c["success"])
+    return sorted(
+        (c["split"], c["expectation"], c["check"] or str(c["kwargs"].get("value_set", c["kwargs"])))
+        for c in result["checks"]
+        if not c["success"]
+    )
 
 
 @pytest.fixture
@@ -73,8 +78,9 @@ def test_whitespace_only_text_fails_the_blank_text_expectation(clean):
     train = clean["train"].copy()
     train.loc[0, "text"] = "   "
     result = validate_splits(dict(clean, train=train), BOUNDS)
-    assert [(c["split"], c["expectation"]) for c in result["checks"] if not c["success"]] == \
-        [("train", "expect_column_values_to_not_match_regex")]
+    assert [(c["split"], c["expectation"]) for c in result["checks"] if not c["success"]] == [
+        ("train", "expect_column_values_to_not_match_regex")
+    ]
 
 
 def test_same_text_in_train_and_eval_fails_cross_split_uniqueness(clean):
@@ -85,7 +91,8 @@ def test_same_text_in_train_and_eval_fails_cross_split_uniqueness(clean):
     assert failed(result) == [("all", "expect_column_values_to_be_unique", "no text in two rows or two splits")]
     assert failures(result) == [
         "split 'all': expect_column_values_to_be_unique no text in two rows or two splits failed "
-        "(observed: 2 unexpected (2.00%))"]
+        "(observed: 2 unexpected (2.00%))"
+    ]
 
 
 def test_duplicate_inside_one_split_also_fails_uniqueness(clean):
@@ -101,8 +108,9 @@ def test_label_outside_the_label_set_fails(clean):
     result = validate_splits(dict(clean, eval=eval_), BOUNDS)
     assert result["success"] is False
     bad = [c for c in result["checks"] if not c["success"]]
-    assert [(c["split"], c["expectation"], c["kwargs"]["value_set"]) for c in bad] == \
-        [("eval", "expect_column_values_to_be_in_set", LABELS)]
+    assert [(c["split"], c["expectation"], c["kwargs"]["value_set"]) for c in bad] == [
+        ("eval", "expect_column_values_to_be_in_set", LABELS)
+    ]
     assert bad[0]["check"] == ""  # the label-set check, not a class-share check
     assert bad[0]["examples"] == ["neutral"]
 
@@ -111,8 +119,10 @@ def test_markdown_report_marks_the_failed_expectation(clean):
     eval_ = clean["eval"].copy()
     eval_.loc[0, "label"] = "neutral"
     result = validate_splits(dict(clean, eval=eval_), BOUNDS)
-    counts = {"splits": {"train": {"kept": 80, "quarantined": 0}, "eval": {"kept": 20, "quarantined": 2}},
-              "quarantine_reasons": {"unknown label": 2}}
+    counts = {
+        "splits": {"train": {"kept": 80, "quarantined": 0}, "eval": {"kept": 20, "quarantined": 2}},
+        "quarantine_reasons": {"unknown label": 2},
+    }
     md = render_markdown(result, counts)
     assert "Result: **FAILED**" in md
     assert "| eval | 20 | 2 |" in md

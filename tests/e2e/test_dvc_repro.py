@@ -1,5 +1,6 @@
 """End to end: `dvc repro` on the bundled sample in a fresh copy of the repository, with the real
 default model (all-MiniLM-L6-v2 from its offline package). Slow: about 3-4 minutes on 2 cores."""
+
 from __future__ import annotations
 
 import json
@@ -20,22 +21,32 @@ pytestmark = pytest.mark.slow
 
 
 def tracked_files(root: Path) -> list[str]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=root,
-                         capture_output=True, check=True).stdout.decode()
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     return [f for f in out.split("\0") if f and (root / f).is_file()]
 
 
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # the copy's own mlflow/ store
-    env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {
+        **env,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
 
 
 def ran(result: subprocess.CompletedProcess) -> list[str]:
     """The stages that ran, in the order DVC ran them."""
-    return sorted((s for s in STAGES if f"Running stage '{s}'" in result.stdout),
-                  key=lambda s: result.stdout.index(f"Running stage '{s}'"))
+    return sorted(
+        (s for s in STAGES if f"Running stage '{s}'" in result.stdout),
+        key=lambda s: result.stdout.index(f"Running stage '{s}'"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +57,11 @@ def repo(tmp_path_factory) -> Path:
             continue
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, dest / name)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+    ):
         subprocess.run(cmd, cwd=dest, check=True)
     return dest
 
@@ -65,14 +79,29 @@ def test_repro_runs_all_stages_of_both_tasks(repo, first):
     package = repo / "outputs/sentiment/package"
     manifest = json.loads((package / "manifest.json").read_text())
     assert set(manifest["files"]) >= {"model.onnx", "labels.json", "MODEL_CARD.md", "config.json", "tokenizer.json"}
-    quantize = json.loads((repo / "outputs/sentiment/metrics/quantize.json").read_text())
+    quantize = json.loads((repo / "outputs/sentiment/reports/quantize.json").read_text())
     assert quantize["int8_size_ratio"] < 0.3
-    evaluate = json.loads((repo / "outputs/sentiment/metrics/evaluate.json").read_text())
+    evaluate = json.loads((repo / "outputs/sentiment/reports/evaluate.json").read_text())
     assert evaluate["accuracy"] >= 0.6  # the params gate; the sample is small, so only a floor
     story = json.loads((repo / "outputs/story/package/manifest.json").read_text())
     assert "model.onnx" in story["files"]
-    story_quantize = json.loads((repo / "outputs/story/metrics/quantize.json").read_text())
+    story_quantize = json.loads((repo / "outputs/story/reports/quantize.json").read_text())
     assert story_quantize["greedy_agreement"]["onnx_int8"]["teacher_forced"] >= 0.95  # the INT8 gate's default
+
+
+def test_metrics_show_fits_a_terminal(repo, first):
+    """dvc metrics show: the headline numbers of both tasks, at most 30 columns."""
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    files = next(iter(shown.values()))["data"]
+
+    def leaves(data: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for key, value in data.items():
+            out |= leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+        return out
+
+    columns = set().union(*(leaves(entry["data"]) for entry in files.values()))
+    assert len(files) == 10 and len(columns) <= 30, sorted(columns)
 
 
 def test_second_repro_has_nothing_to_do(repo, first):

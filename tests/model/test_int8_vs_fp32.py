@@ -1,4 +1,5 @@
 """The packaged INT8 ONNX model against the FP32 PyTorch model it came from (and its behaviour)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -52,8 +53,14 @@ def test_onnx_runs_one_text_per_call_unless_asked(built, texts):
 def test_direction_and_invariance(built):
     """Behaviour: sentiment words move the label; extra spaces and case do not."""
     model = OnnxClassifier(built["package"], "model.onnx")
-    out = model.classify(["the film was good and wonderful", "the film was awful and dull",
-                          "THE FILM WAS GOOD AND WONDERFUL", "the  film   was good and wonderful"])
+    out = model.classify(
+        [
+            "the film was good and wonderful",
+            "the film was awful and dull",
+            "THE FILM WAS GOOD AND WONDERFUL",
+            "the  film   was good and wonderful",
+        ]
+    )
     assert out[0]["label"] == "positive" and out[1]["label"] == "negative"
     assert out[2]["label"] == out[3]["label"] == "positive"
     assert sum(out[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)

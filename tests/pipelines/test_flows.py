@@ -1,4 +1,5 @@
 """Prefect flows under prefect_test_harness: real `dvc repro` subprocesses in scratch repositories."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,9 +9,10 @@ import pytest
 import yaml
 
 from conftest import ROOT, copy_repo, sentences, write_tsv
-from pipelines.dag import stage_order
-from pipelines.flows import TASKS, data_hash, known_task, pipeline, retrain, source_key
+from pipelines.flows import data_hash, pipeline, retrain
 from pipelines.serve import deployment
+from textops import dag, tasks
+from textops.dag import stage_order
 
 STAGES = ["prepare", "tokenize", "train", "evaluate", "quantize", "package"]
 
@@ -24,8 +26,11 @@ def harness():
 
 
 def git_repo(path: Path) -> Path:
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ):
         subprocess.run(cmd, cwd=path, check=True)
     return path
 
@@ -59,10 +64,12 @@ def test_stage_order_comes_from_dvc_yaml():
 
 def test_each_task_names_its_last_stage_and_source_key():
     graph_stages = set(stage_order(ROOT / "dvc.yaml"))
-    assert {spec["final"] for spec in TASKS.values()} <= graph_stages
-    assert source_key("story") == "story.prepare.source" and source_key("sentiment") == "prepare.source"
+    finals = {name: dag.final_stage(ROOT / "dvc.yaml", name) for name in tasks.names()}
+    assert finals == {"sentiment": "package", "story": "story_package"} and set(finals.values()) <= graph_stages
+    assert tasks.get("story").source_key == "story.prepare.source"
+    assert tasks.get("sentiment").source_key == "prepare.source"
     with pytest.raises(ValueError, match="unknown task 'poems'"):
-        known_task("poems")
+        tasks.get("poems")
 
 
 def test_flow_runs_every_stage_then_dvc_skips_them(tiny_repo):
@@ -76,17 +83,53 @@ def test_flow_runs_every_stage_then_dvc_skips_them(tiny_repo):
     assert second["gate"]["decision"] == "unchanged"
 
 
-def test_overrides_go_through_dvc_grammar_into_params(tiny_repo):
-    pipeline(repo=str(tiny_repo), overrides=["quantize.latency_requests=12"], gate=False)
-    assert yaml.safe_load((tiny_repo / "params.yaml").read_text())["quantize"]["latency_requests"] == 12
-    lock = yaml.safe_load((tiny_repo / "dvc.lock").read_text())
-    assert lock["stages"]["quantize"]["params"]["params.yaml"]["quantize"]["latency_requests"] == 12
+def test_overrides_become_a_dvc_experiment_and_leave_the_tree_as_it_was(tiny_repo):
+    import json
+
+    import mlflow
+
+    before = {name: (tiny_repo / name).read_bytes() for name in ("params.yaml", "dvc.lock")}
+    result = pipeline(repo=str(tiny_repo), overrides=["quantize.latency_requests=12"])
+    # The working tree, params.yaml and dvc.lock included, is exactly as it was.
+    assert {name: (tiny_repo / name).read_bytes() for name in before} == before
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=tiny_repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert status == "", status
+    # DVC recorded the run, with its override, as an experiment.
+    name = result["stages"][0]["experiment"]
+    shown = json.loads(
+        subprocess.run(
+            ["dvc", "exp", "show", "--json"], cwd=tiny_repo, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    runs = [
+        run
+        for row in shown
+        for exp in row.get("experiments") or []
+        for run in exp.get("revs") or []
+        if run.get("name") == name
+    ]
+    assert runs, f"experiment {name} not in dvc exp show"
+    params = runs[0]["data"]["params"]["params.yaml"]["data"]
+    assert params["quantize"]["latency_requests"] == 12
+    # Its MLflow run sits in the configured store, linked to the experiment's name.
+    found = mlflow.search_runs(experiment_names=["sentiment"], filter_string=f"tags.dvc_experiment = '{name}'")
+    assert len(found) == 1
+    # The gate scored the experiment's own frozen eval set (read from DVC's cache at the experiment's commit).
+    assert result["gate"]["decision"] in {"promoted", "refused", "unchanged"}
 
 
 def test_retrain_skips_when_the_data_is_unchanged(tiny_repo):
     from prefect.variables import Variable
 
-    Variable.set("sentiment-last-trained-data-sha256", data_hash(tiny_repo, "data/tiny.tsv"), overwrite=True)
+    Variable.set(
+        "sentiment-last-trained-data-sha256", data_hash(tiny_repo, "data/tiny.tsv", "sentiment"), overwrite=True
+    )
     state = retrain(repo=str(tiny_repo), return_state=True)
     assert state.is_completed() and state.name == "Skipped" and "unchanged" in state.message
 
@@ -97,19 +140,23 @@ def test_retrain_runs_when_the_data_changed(tiny_repo):
     Variable.set("sentiment-last-trained-data-sha256", "0" * 64, overwrite=True)
     result = retrain(repo=str(tiny_repo), overrides=[])
     assert [s["stage"] for s in result["stages"]] == STAGES
-    assert Variable.get("sentiment-last-trained-data-sha256") == data_hash(tiny_repo, "data/tiny.tsv")
+    assert Variable.get("sentiment-last-trained-data-sha256") == data_hash(tiny_repo, "data/tiny.tsv", "sentiment")
 
 
-FLAKY = ("import pathlib, sys\n"
-         "mark = pathlib.Path('.started')\n"
-         "if not mark.exists():\n"
-         "    mark.write_text('1'); print('transient failure: the disk was busy'); sys.exit(3)\n"
-         "pathlib.Path('out.txt').write_text('ok')\n")
-SLOW = ("import pathlib, time\n"
-        "mark = pathlib.Path('.started')\n"
-        "if not mark.exists():\n"
-        "    mark.write_text('1'); time.sleep(300)\n"
-        "pathlib.Path('out.txt').write_text('ok')\n")
+FLAKY = (
+    "import pathlib, sys\n"
+    "mark = pathlib.Path('.started')\n"
+    "if not mark.exists():\n"
+    "    mark.write_text('1'); print('transient failure: the disk was busy'); sys.exit(3)\n"
+    "pathlib.Path('out.txt').write_text('ok')\n"
+)
+SLOW = (
+    "import pathlib, time\n"
+    "mark = pathlib.Path('.started')\n"
+    "if not mark.exists():\n"
+    "    mark.write_text('1'); time.sleep(300)\n"
+    "pathlib.Path('out.txt').write_text('ok')\n"
+)
 
 
 def scratch(tmp_path: Path, cmd: str, retries: int, script: str = FLAKY) -> Path:
@@ -120,7 +167,8 @@ def scratch(tmp_path: Path, cmd: str, retries: int, script: str = FLAKY) -> Path
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["orchestrate"].update(retries=retries, retry_delay_s=0)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"package": {"cmd": cmd, "outs": ["out.txt"]}}}))
+    stage = {"cmd": cmd, "outs": ["out.txt"], "meta": {"task": "sentiment", "final": True}}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"package": stage}}))
     (repo / "step.py").write_text(script)
     (repo / ".gitignore").write_text(".started\n")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
@@ -162,8 +210,13 @@ def test_a_run_killed_mid_stage_leaves_dvc_usable(tmp_path):
     # The harness's server: left alone, the child would start an ephemeral server of its own, which
     # the SIGKILL below would orphan (it outlived the test run before).
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": PREFECT_API_URL.value()}
-    flow = subprocess.Popen([sys.executable, "-c", f"from pipelines.flows import pipeline; pipeline(repo={str(repo)!r}, "
-                             "gate=False)"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    flow = subprocess.Popen(
+        [sys.executable, "-c", f"from pipelines.flows import pipeline; pipeline(repo={str(repo)!r}, gate=False)"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 180
     while not (repo / ".started").exists():
         assert flow.poll() is None and time.monotonic() < deadline, "the stage never started"

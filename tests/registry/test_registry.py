@@ -2,6 +2,7 @@
 
 Each test module registers its own model name, so tests share the session's store without
 seeing each other's versions."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_all_stages, sentences, write_tsv
-from textops import registry
+from textops import registry, tasks
 from textops.errors import PipelineError
 from textops.inference import OnnxClassifier
 from textops.promote import main as promote_main
@@ -31,8 +32,9 @@ def models(tmp_path_factory, params_for) -> dict:
     data = write_tsv(root / "reviews.tsv", sentences(80))
     built = {}
     for tag, lr, epochs in (("good", 3e-3, 3), ("bad", 1e-6, 1), ("better", 3e-3, 5)):
-        params = params_for(data, package__model_name=NAME, train__learning_rate=lr, train__epochs=epochs,
-                            promote__min_accuracy=0.7)
+        params = params_for(
+            data, package__model_name=NAME, train__learning_rate=lr, train__epochs=epochs, promote__min_accuracy=0.7
+        )
         built[tag] = run_all_stages(root / tag, params)
     configure(params.tracking.experiment)
     return built
@@ -40,7 +42,7 @@ def models(tmp_path_factory, params_for) -> dict:
 
 def gate(models, tag="good", **kw):
     p = models[tag]
-    return registry.gate(NAME, p["prepared"] / "eval.parquet", p["params"].labels, p["params"].promote, **kw)
+    return tasks.get("sentiment").gate(NAME, p["prepared"] / "eval.parquet", p["params"], **kw)
 
 
 def test_package_stage_registered_three_versions_as_challenger(models):
@@ -49,7 +51,10 @@ def test_package_stage_registered_three_versions_as_challenger(models):
     assert registry.version_of(NAME, registry.CHALLENGER) == "3"  # the newest
     tags = registry.require_version(NAME, "1").tags
     assert tags["int8_gate"] == "passed" and float(tags["eval_accuracy"]) >= 0.8
-    assert tags["fp32_model"].startswith("runs:/") and tags["data_hash"] == models["good"]["metrics"]["prepare"]["data_hash"]
+    assert (
+        tags["fp32_model"].startswith("runs:/")
+        and tags["data_hash"] == models["good"]["reports"]["prepare"]["data_hash"]
+    )
 
 
 def test_first_model_becomes_champion_by_the_floors(models):
@@ -94,8 +99,9 @@ def test_force_needs_a_reason_and_records_it(models):
 def test_promoting_a_missing_version_fails(models, capsys):
     with pytest.raises(registry.RegistryError, match="has no version 99"):
         registry.force(NAME, "99", "typo")
-    code = promote_main(["promote", "--version", "99", "--force", "--reason", "x",
-                         "--params", str(write_params(models, NAME))])
+    code = promote_main(
+        ["promote", "--version", "99", "--force", "--reason", "x", "--params", str(write_params(models, NAME))]
+    )
     assert code == 1 and "has no version 99" in capsys.readouterr().err
 
 
@@ -103,7 +109,7 @@ def test_registering_before_the_package_exists_fails(models, tmp_path):
     run_id = registry.require_version(NAME, "1").tags["run_id"]
     before = len(registry.client().search_model_versions(f"name='{NAME}'"))
     with pytest.raises(registry.RegistryError, match="run the package stage first"):
-        registry.register(NAME, run_id, tmp_path / "no-package", tmp_path, {})
+        registry.register(NAME, run_id, tmp_path / "no-package", tmp_path, {}, "sentiment")
     assert len(registry.client().search_model_versions(f"name='{NAME}'")) == before
 
 
@@ -111,7 +117,7 @@ def test_alias_on_a_deleted_version_is_named(models, tmp_path, params_for):
     name = "sentiment-test-deleted"
     params = params_for(models["good"]["params"].prepare.source, package__model_name=name)
     built = run_all_stages(tmp_path / "one", params)
-    registry.gate(name, built["prepared"] / "eval.parquet", params.labels, params.promote)
+    tasks.get("sentiment").gate(name, built["prepared"] / "eval.parquet", params)
     registry.client().delete_model_version(name, "1")
     with pytest.raises(registry.RegistryError, match="pointed at version 1, which no longer exists"):
         registry.version_of(name, registry.CHAMPION)
@@ -161,13 +167,16 @@ def test_champion_loads_in_a_fresh_offline_process_like_the_package(models, tmp_
     package = models["better"]["package"]
     texts = ["the film was good and funny", "a dull boring plot", "truly awful acting"]
     expected = OnnxClassifier(package, "model.onnx").predict_proba(texts)
-    script = ("import json, sys, mlflow, pandas as pd\n"
-              f"m = mlflow.pyfunc.load_model('models:/{NAME}@champion')\n"
-              f"out = m.predict(pd.DataFrame({{'text': {texts!r}}}))\n"
-              "print(json.dumps(out[['prob_negative', 'prob_positive']].values.tolist()))\n")
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        f"m = mlflow.pyfunc.load_model('models:/{NAME}@champion')\n"
+        f"out = m.predict(pd.DataFrame({{'text': {texts!r}}}))\n"
+        "print(json.dumps(out[['prob_negative', 'prob_positive']].values.tolist()))\n"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert pd.DataFrame(got).values == pytest.approx(expected, abs=1e-5)

@@ -1,5 +1,6 @@
 """The story generator in the registry: story_quantize + story_package register tiny GPT-2 versions, and the
 gate (python -m textops.promote gate --task story) keeps the lower-perplexity model as champion."""
+
 from __future__ import annotations
 
 import copy
@@ -9,17 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from textops import registry
-from textops.params import StoryPromoteParams, parse_params
+from conftest import ROOT
+from textops import registry, tasks
+from textops.params import StoryPromoteParams, for_stage, parse_params
 from textops.promote import main as promote_main
 from textops.story import lm
 from textops.story.generation import OnnxGenerator
 
 NAME = "story-test-gate"
 CONTEXT = 32
-CORPUS = ["Once upon a time there was a little dog named Max. Max liked to run in the park.",
-          "Lily went to the park. She saw a big tree and a red ball. She was happy.",
-          "Tom had a cat. The cat was soft and warm. Tom and the cat played all day."]
+CORPUS = [
+    "Once upon a time there was a little dog named Max. Max liked to run in the park.",
+    "Lily went to the park. She saw a big tree and a red ball. She was happy.",
+    "Tom had a cat. The cat was soft and warm. Tom and the cat played all day.",
+]
 
 
 def tokenizer(folder):
@@ -29,10 +33,18 @@ def tokenizer(folder):
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(CORPUS * 4, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   model_input_names=["input_ids", "attention_mask"])
+    bpe.train_from_iterator(
+        CORPUS * 4,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        model_input_names=["input_ids", "attention_mask"],
+    )
 
 
 def build_model(folder, tok, stream: np.ndarray, kind: str):
@@ -41,9 +53,16 @@ def build_model(folder, tok, stream: np.ndarray, kind: str):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=len(tok), n_positions=CONTEXT, n_embd=32, n_layer=2, n_head=2,
-                        initializer_range=1.0 if kind == "noisy" else 0.02,
-                        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=CONTEXT,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        initializer_range=1.0 if kind == "noisy" else 0.02,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)
     if kind == "trained":
@@ -66,14 +85,26 @@ def build_model(folder, tok, stream: np.ndarray, kind: str):
 def reports(root, model, stream: np.ndarray) -> dict:
     """What story_prepare, story_train and story_evaluate would have written (the evaluate figure is real)."""
     loss = lm.mean_loss(lm.torch_logits(model), lm.eval_blocks(stream, CONTEXT), 8)
-    data = {"prepare": {"source": "tests/corpus", "data_hash": "d" * 64, "documents": {"train": 3, "eval": 3},
-                        "quarantined": 0, "quarantine_reasons": {}, "validation_success": True},
-            "train": {"method": "full", "global_step": 30, "train_loss": 1.0, "eval_loss": round(loss, 4)},
-            "evaluate": {"eval_loss": round(loss, 4), "perplexity": round(lm.perplexity_of(loss), 3),
-                         "eval_blocks": len(stream) // CONTEXT, "strategies": {}}}
+    data = {
+        "prepare": {
+            "source": "tests/corpus",
+            "data_hash": "d" * 64,
+            "documents": {"train": 3, "eval": 3},
+            "quarantined": 0,
+            "quarantine_reasons": {},
+            "validation_success": True,
+        },
+        "train": {"method": "full", "global_step": 30, "train_loss": 1.0, "eval_loss": round(loss, 4)},
+        "evaluate": {
+            "eval_loss": round(loss, 4),
+            "perplexity": round(lm.perplexity_of(loss), 3),
+            "eval_blocks": len(stream) // CONTEXT,
+            "strategies": {},
+        },
+    }
     paths = {}
     for name, report in data.items():
-        paths[name] = root / "metrics" / f"{name}.json"
+        paths[name] = root / "reports" / f"{name}.json"
         paths[name].parent.mkdir(parents=True, exist_ok=True)
         paths[name].write_text(json.dumps(report))
     return paths
@@ -110,17 +141,37 @@ def versions(tmp_path_factory, params) -> dict:
         model = build_model(d / "model", tok, stream, kind)
         run = ModelRun(True, params.story.tracking.experiment).start(f"story-{kind}", {"task": "story"})
         write_run_id(d / "model", run.run_id, run.uri)
-        story_quantize.run(params, d / "model", root / "tokenized", d / "fp32", d / "int8", d / "quantize.json")
+        story_quantize.run(
+            for_stage(params, "story_quantize", ROOT / "dvc.yaml"),
+            d / "model",
+            root / "tokenized",
+            d / "fp32",
+            d / "int8",
+            d / "quantize.metrics.json",
+            d / "quantize.json",
+        )
         paths = reports(d, model, stream)
-        story_package.run(params, d / "model", d / "int8", paths["prepare"], paths["train"], paths["evaluate"],
-                          d / "quantize.json", d / "package")
-        built[kind] = {"root": d, "package": d / "package", "run_id": run.run_id,
-                       "quantize": json.loads((d / "quantize.json").read_text())}
+        story_package.run(
+            for_stage(params, "story_package", ROOT / "dvc.yaml"),
+            d / "model",
+            d / "int8",
+            paths["prepare"],
+            paths["train"],
+            paths["evaluate"],
+            d / "quantize.json",
+            d / "package",
+        )
+        built[kind] = {
+            "root": d,
+            "package": d / "package",
+            "run_id": run.run_id,
+            "quantize": json.loads((d / "quantize.json").read_text()),
+        }
     return built
 
 
 def story_gate(versions, **kw):
-    return registry.story_gate(NAME, versions["eval"], versions["params"].story.promote, **kw)
+    return tasks.get("story").gate(NAME, versions["eval"], versions["params"], **kw)
 
 
 def test_package_registers_each_version_with_its_evidence(versions):
@@ -147,8 +198,9 @@ def test_lower_perplexity_wins_and_a_worse_model_is_refused(versions):
     assert better["decision"] == "promoted", better
     assert ev["challenger_perplexity"] < ev["champion_perplexity"] and ev["champion_version"] == "1"
     # the gate's figure is recomputed from the registered INT8 model: it equals the quantize stage's
-    assert ev["challenger_perplexity"] == pytest.approx(versions["trained"]["quantize"]["perplexity"]["onnx_int8"],
-                                                        rel=1e-4)
+    assert ev["challenger_perplexity"] == pytest.approx(
+        versions["trained"]["quantize"]["perplexity"]["onnx_int8"], rel=1e-4
+    )
     assert registry.version_of(NAME, registry.PREVIOUS) == "1"
     worse = story_gate(versions)  # the challenger alias: v3, the noisy model
     assert worse["decision"] == "refused" and worse["version"] == "3"
@@ -161,22 +213,24 @@ def test_lower_perplexity_wins_and_a_worse_model_is_refused(versions):
 def test_decision_rules():
     p = StoryPromoteParams(perplexity_tolerance=0.01, max_perplexity=100, max_size_mb=5)
     ok = {"perplexity": 50.4, "int8_gate": "passed", "size_mb": "1.0"}
-    assert registry.decide_story(ok, {"version": "1", "perplexity": 50.0}, p) == []  # within 1%
-    assert "perplexity_tolerance" in registry.decide_story({**ok, "perplexity": 50.6}, {"version": "1",
-                                                                                      "perplexity": 50.0}, p)[0]
-    assert "story.promote.max_perplexity" in registry.decide_story({**ok, "perplexity": 120.0}, None, p)[0]
-    assert "story.promote.max_size_mb" in registry.decide_story({**ok, "size_mb": "9"}, None, p)[0]
-    assert "int8_gate" in registry.decide_story({**ok, "int8_gate": "failed"}, None, p)[0]
+    assert tasks.get("story").decide(ok, {"version": "1", "perplexity": 50.0}, p) == []  # within 1%
+    assert (
+        "perplexity_tolerance"
+        in tasks.get("story").decide({**ok, "perplexity": 50.6}, {"version": "1", "perplexity": 50.0}, p)[0]
+    )
+    assert "story.promote.max_perplexity" in tasks.get("story").decide({**ok, "perplexity": 120.0}, None, p)[0]
+    assert "story.promote.max_size_mb" in tasks.get("story").decide({**ok, "size_mb": "9"}, None, p)[0]
+    assert "int8_gate" in tasks.get("story").decide({**ok, "int8_gate": "failed"}, None, p)[0]
 
 
 def test_champion_generates_through_the_pyfunc(versions):
     import mlflow
-
     from textops.params import GenerationParams
 
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    out = model.predict(pd.DataFrame({"prompt": ["Once upon a time", ""]}),
-                        params={"max_new_tokens": 6, "do_sample": False})
+    out = model.predict(
+        pd.DataFrame({"prompt": ["Once upon a time", ""]}), params={"max_new_tokens": 6, "do_sample": False}
+    )
     local = OnnxGenerator(versions["trained"]["package"])
     assert out.to_dict("records") == [local.generate(p, 6, GenerationParams()) for p in ["Once upon a time", ""]]
 
@@ -191,6 +245,7 @@ def test_cli_status_and_rollback_with_task_story(versions, capsys):
     assert status["model"] == NAME and status["aliases"]["champion"] == "2"
     assert promote_main(["rollback", "--task", "story", "--params", str(path), "--reason", "test"]) == 0
     assert registry.version_of(NAME, registry.CHAMPION) == "1" and registry.version_of(NAME, registry.PREVIOUS) == "2"
-    code = promote_main(["gate", "--task", "story", "--params", str(path), "--version", "3",
-                         "--eval", str(versions["eval"])])
+    code = promote_main(
+        ["gate", "--task", "story", "--params", str(path), "--version", "3", "--eval", str(versions["eval"])]
+    )
     assert code == 2 and "story.promote" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 The MLflow store is not the session's: other test folders register `sentiment-classifier` there
 too, and the server must see exactly the versions made here (v1: champion, v2: a challenger).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,14 @@ NAME = "sentiment-classifier"  # package.model_name in params.yaml: what the ser
 PROBE = "truly wonderful acting"  # the two versions must give it clearly different probabilities
 # Small limits keep the bad-input requests small; a 1 s poll keeps the hot-swap test short.
 # access_log: the tests read every answered status from the server log.
-SERVE = {"max_items": 8, "max_chars": 200, "max_body_bytes": 4096, "poll_interval_s": 1.0, "workers": 2,
-         "access_log": True}
+SERVE = {
+    "max_items": 8,
+    "max_chars": 200,
+    "max_body_bytes": 4096,
+    "poll_interval_s": 1.0,
+    "workers": 2,
+    "access_log": True,
+}
 
 
 @pytest.fixture(scope="package")
@@ -44,11 +51,18 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="package")
 def server_env(store, tmp_path_factory) -> dict[str, str]:
     home = tmp_path_factory.mktemp("bentoml-home")
-    return {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true",
-            "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{store}",
-            # A new SQLite connection per registry call, so a test can take the store away under a server.
-            "MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool"}
+    return {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{store}",
+        # A new SQLite connection per registry call, so a test can take the store away under a server.
+        "MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool",
+    }
 
 
 @pytest.fixture(scope="package")
@@ -64,7 +78,9 @@ def models(store, tmp_path_factory, params_for) -> dict[str, Path]:
         packages[version] = built["package"]
     assert sorted(int(v.version) for v in registry.client().search_model_versions(f"name='{NAME}'")) == [1, 2]
     gap = abs(positive(packages["1"], PROBE) - positive(packages["2"], PROBE))
-    assert gap > 1e-3, f"v1 and v2 give '{PROBE}' nearly the same probability ({gap:.2g}): tests could not tell them apart"
+    assert gap > 1e-3, (
+        f"v1 and v2 give '{PROBE}' nearly the same probability ({gap:.2g}): tests could not tell them apart"
+    )
     set_champion("1")
     return packages
 
@@ -118,5 +134,6 @@ def wait_for_version(url: str, version: str, timeout: float) -> float:
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "fuzz: schemathesis against a live server; part of the default run "
-                                       "(select alone with -m fuzz)")
+    config.addinivalue_line(
+        "markers", "fuzz: schemathesis against a live server; part of the default run (select alone with -m fuzz)"
+    )

@@ -3,11 +3,9 @@
 Each server runs on 127.0.0.1 at a free port in a process group of its own (BentoML starts a
 supervisor and worker processes), and is stopped by signalling the whole group.
 """
+
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from serving.processes import free_port, stop_process  # shared with bench/serving/
 
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 READY_TIMEOUT_S = 180
@@ -28,12 +28,6 @@ class Server:
 
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> Server:
@@ -67,38 +61,6 @@ def wait_ready(server: Server, timeout: float = READY_TIMEOUT_S) -> None:
 
 def stop(server: Server) -> None:
     stop_process(server.proc)
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """SIGTERM to the process group of `proc` (started with start_new_session), then SIGKILL to what is left.
-
-    BentoML's workers run in process groups of their own, so they are found as the leader's
-    descendants first, and killed one by one if the leader's shutdown left them behind.
-    """
-    import psutil
-
-    try:
-        workers = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        workers = []
-    group = proc.pid  # start_new_session: the leader's pid is the group id
-    try:
-        os.killpg(group, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
-    _, alive = psutil.wait_procs(workers, timeout=10)
-    for worker in alive:
-        worker.kill()
-    psutil.wait_procs(alive, timeout=10)
 
 
 def classify(url: str, texts, client: httpx.Client | None = None) -> httpx.Response:

@@ -1,5 +1,6 @@
 """POST /classify through HTTP on the registry-mode server: every limit answers 4xx with a message
 that names the problem, never 500; good requests match the package's ONNX model."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,10 @@ BAD_JSON = {
     "empty text": ({"texts": ""}, "text is empty or whitespace only"),
     "whitespace-only text": ({"texts": ["good", " \t\n "]}, "text is empty or whitespace only"),
     "NUL character": ({"texts": "good\x00film"}, "NUL character"),
-    "text over max_chars": ({"texts": "a" * (MAX_CHARS + 1)},
-                            f"has {MAX_CHARS + 1} characters; the limit is serve.max_chars={MAX_CHARS}"),
+    "text over max_chars": (
+        {"texts": "a" * (MAX_CHARS + 1)},
+        f"has {MAX_CHARS + 1} characters; the limit is serve.max_chars={MAX_CHARS}",
+    ),
     "more than max_items": ({"texts": ["good"] * (MAX_ITEMS + 1)}, f"at most {MAX_ITEMS} items"),
     "empty list": ({"texts": []}, "at least 1 item"),
     "number": ({"texts": 5}, "valid array"),
@@ -76,12 +79,14 @@ def test_body_over_the_limit_gets_413_by_content_length(registry_server):
     body = big_body()
     response = post(registry_server.url, body)
     assert response.status_code == 413
-    assert response.json()["error"] == f"request body is {len(body)} bytes; the limit is serve.max_body_bytes={MAX_BYTES}"
+    assert (
+        response.json()["error"] == f"request body is {len(body)} bytes; the limit is serve.max_body_bytes={MAX_BYTES}"
+    )
 
 
 def test_chunked_body_over_the_limit_gets_413(registry_server):
     body = big_body()
-    chunks = [body[i:i + 1000] for i in range(0, len(body), 1000)]  # an iterator: no Content-Length
+    chunks = [body[i : i + 1000] for i in range(0, len(body), 1000)]  # an iterator: no Content-Length
     response = post(registry_server.url, iter(chunks))
     assert response.request.headers.get("transfer-encoding") == "chunked"
     assert response.status_code == 413
@@ -99,8 +104,10 @@ def test_malformed_content_length_gets_400(registry_server):
     # httpx refuses to send this header, so the request is written by hand.
     address = urlsplit(registry_server.url)
     with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
-        conn.sendall(b"POST /classify HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 12abc\r\n\r\n" + b'{"texts": "good"}')
+        conn.sendall(
+            b"POST /classify HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 12abc\r\n\r\n" + b'{"texts": "good"}'
+        )
         status_line = conn.recv(4096).split(b"\r\n", 1)[0]
     assert status_line.startswith(b"HTTP/1.1 400"), status_line
 
@@ -164,7 +171,11 @@ def test_metadata_describes_the_registry_version(registry_server, models):
     assert meta["version"] == registry.version_of(NAME, "champion")
     assert (meta["name"], meta["alias"], meta["mode"], meta["source"]) == (NAME, "champion", "registry", "registry")
     assert meta["poll_interval_s"] == SERVE["poll_interval_s"]
-    assert (meta["run_id"], meta["git_commit"], meta["data_hash"]) == (tags["run_id"], tags["git_commit"], tags["data_hash"])
+    assert (meta["run_id"], meta["git_commit"], meta["data_hash"]) == (
+        tags["run_id"],
+        tags["git_commit"],
+        tags["data_hash"],
+    )
     assert meta["metrics"]["eval_accuracy"] == float(tags["eval_accuracy"])
     assert 0 < meta["metrics"]["size_mb"] < 5  # the tiny model
 
@@ -173,16 +184,23 @@ def test_health_endpoints(registry_server):
     for path in ("/readyz", "/healthz", "/livez"):
         assert httpx.get(f"{registry_server.url}{path}", timeout=10).status_code == 200, path
     paths = httpx.get(f"{registry_server.url}/docs.json", timeout=10).json()["paths"]
-    assert paths["/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["texts"][
-        "maxItems"] == MAX_ITEMS
+    assert (
+        paths["/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["texts"][
+            "maxItems"
+        ]
+        == MAX_ITEMS
+    )
 
 
 def test_no_request_got_500_and_the_server_still_serves(registry_server):
     url = registry_server.url
     answers = [post(url, json.dumps(body).encode()).status_code for body, _ in BAD_JSON.values()]
     answers += [post(url, content).status_code for content in BAD_BYTES.values()]
-    answers += [post(url, big_body()).status_code, post(url, iter([big_body()])).status_code,
-                post(url, b"x", "application/vnd.bentoml+pickle").status_code]
+    answers += [
+        post(url, big_body()).status_code,
+        post(url, iter([big_body()])).status_code,
+        post(url, b"x", "application/vnd.bentoml+pickle").status_code,
+    ]
     assert sorted(set(answers)) == [400, 413, 415]
     # The server's log holds every request it answered, those of the tests above included.
     logged = [int(s) for s in re.findall(r"\(status=(\d{3}),", registry_server.output())]

@@ -1,4 +1,5 @@
 """serve.batch_wait: the override of BentoML's batcher is in place and keeps the learned wait at zero."""
+
 from __future__ import annotations
 
 import _bentoml_impl.server.app as app
@@ -15,7 +16,10 @@ def test_service_module_installs_the_no_wait_dispatcher():
 
 
 def test_no_wait_optimizer_ignores_queueing_that_adaptive_would_learn():
-    adaptive, no_wait = CorkDispatcher(2000, 64, fallback=lambda: None), batching.NoWaitDispatcher(2000, 64, fallback=lambda: None)
+    adaptive, no_wait = (
+        CorkDispatcher(2000, 64, fallback=lambda: None),
+        batching.NoWaitDispatcher(2000, 64, fallback=lambda: None),
+    )
     for dispatcher in (adaptive, no_wait):
         for i in range(20):  # batches that sat 150 ms behind a busy model, 3 ms per text
             n = i % 8 + 1

@@ -1,5 +1,6 @@
 """`bentoml build` bundles the champion version; `bentoml serve sentiment:<version>` from another
 folder serves that copy with MLflow out of reach, and with the params.yaml it was built with."""
+
 from __future__ import annotations
 
 import re
@@ -21,8 +22,14 @@ def bento(models, service_repo, server_env) -> dict:
     from textops import registry
 
     version = registry.version_of(NAME, "champion")
-    run = subprocess.run([BENTOML, "build", "--output", "tag"], cwd=service_repo, env=server_env,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [BENTOML, "build", "--output", "tag"],
+        cwd=service_repo,
+        env=server_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     tag = re.search(r"__tag__:(\S+)", run.stdout).group(1)
     name, _, bento_version = tag.partition(":")
@@ -34,8 +41,12 @@ def bento(models, service_repo, server_env) -> dict:
 def bento_server(bento, server_env, tmp_path_factory):
     elsewhere = tmp_path_factory.mktemp("elsewhere")  # neither serving/ nor params.yaml here
     # Nothing listens on the discard port: any MLflow call would fail (fast, with no retries).
-    env = {**server_env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-           "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+    env = {
+        **server_env,
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
+    }
     server = start([bento["tag"]], elsewhere, env, tmp_path_factory.mktemp("logs") / "bento-server.log")
     yield server
     stop(server)
@@ -47,8 +58,9 @@ def test_bento_records_the_explicit_model_version(bento):
     (service,) = manifest["services"]
     assert [(m["tag"], m["alias"]) for m in service["models"]] == [(model_tag, f"{NAME}@champion")]
     assert manifest["name"] == "sentiment" and manifest["service"] == "serving.service:Sentiment"
-    stored = yaml.safe_load((Path(bento["folder"]).parents[2] / "models" / NAME / model_tag.split(":")[1]
-                             / "model.yaml").read_text())
+    stored = yaml.safe_load(
+        (Path(bento["folder"]).parents[2] / "models" / NAME / model_tag.split(":")[1] / "model.yaml").read_text()
+    )
     assert stored["labels"]["registry_version"] == bento["version"] and stored["metadata"]["run_id"] == bento["run_id"]
     bundled = yaml.safe_load((bento["folder"] / "src" / "params.yaml").read_text())
     assert bundled["serve"]["max_items"] == SERVE["max_items"]  # the params of the folder it was built in

@@ -1,4 +1,5 @@
 """serving.limits.ClientErrorLog: BentoML's per-request error log, one line for a client's mistake."""
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,15 @@ def record_for(error: BaseException) -> logging.LogRecord:
     try:
         raise error
     except BaseException:
-        return logging.LogRecord(BENTOML_REQUEST_LOG, logging.ERROR, __file__, 1, "Exception on %s [%s]",
-                                 ("/classify", "POST"), sys.exc_info())
+        return logging.LogRecord(
+            BENTOML_REQUEST_LOG,
+            logging.ERROR,
+            __file__,
+            1,
+            "Exception on %s [%s]",
+            ("/classify", "POST"),
+            sys.exc_info(),
+        )
 
 
 def validation_error() -> ValidationError:

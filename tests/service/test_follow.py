@@ -1,5 +1,6 @@
 """serving.models.follow, the registry-mode poll loop, on a scripted registry (no server, no MLflow):
 what it retries and what it sets aside."""
+
 from __future__ import annotations
 
 import logging

@@ -5,6 +5,7 @@ Not `schemathesis.pytest.from_fixture(...).parametrize()`: with pytest 9.2 it fa
 (it sets `request.node._nodeid`, which pytest 9 removed), and a module-level `from_url` would need
 the server at collection time. The operation's Hypothesis strategies do the same generation.
 """
+
 from __future__ import annotations
 
 import tempfile

@@ -1,6 +1,7 @@
 """Registry mode: `champion` moves while 8 clients send /classify; every worker follows within a
 poll plus a load, no request fails, and answers switch to the new version's probabilities. A version
 that does not load, or a registry that cannot be reached, leaves the old version serving."""
+
 from __future__ import annotations
 
 import threading
@@ -38,9 +39,15 @@ def send_until(url: str, stop: threading.Event, replies: list[Reply]) -> None:
             try:
                 response = classify(url, PROBE, client)
                 ok = response.status_code == 200
-                replies.append(Reply(sent, time.monotonic(), response.status_code,
-                                     response.json()[0]["probabilities"]["positive"] if ok else None,
-                                     "" if ok else response.text[:200]))
+                replies.append(
+                    Reply(
+                        sent,
+                        time.monotonic(),
+                        response.status_code,
+                        response.json()[0]["probabilities"]["positive"] if ok else None,
+                        "" if ok else response.text[:200],
+                    )
+                )
             except httpx.HTTPError as error:  # a dropped connection counts as a failed request
                 replies.append(Reply(sent, time.monotonic(), 0, None, repr(error)))
 
@@ -73,7 +80,11 @@ def settle(url: str, version: str, expected: dict[str, float], timeout: float = 
     deadline, streak = time.monotonic() + timeout, 0
     while streak < 20:
         assert time.monotonic() < deadline, f"the workers did not all serve v{version} within {timeout} s"
-        streak = streak + 1 if version_of(classify(url, PROBE).json()[0]["probabilities"]["positive"], expected) == version else 0
+        streak = (
+            streak + 1
+            if version_of(classify(url, PROBE).json()[0]["probabilities"]["positive"], expected) == version
+            else 0
+        )
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +117,21 @@ def test_alias_move_under_load_switches_every_worker_without_a_failed_request(on
     assert {v for r, v in served if r.done < moved} == {"1"}
     last_v1_s = max(r.sent for r, v in served if v == "1") - moved  # when the slowest worker switched
     # What the workers logged about the move, for a late switch (seen twice in ~10 full runs, cause unknown).
-    story = "\n".join(line for line in on_v1.output().splitlines()[-200:]
-                      if any(k in line for k in ("moved to", "now serving", "could not follow")))
+    story = "\n".join(
+        line
+        for line in on_v1.output().splitlines()[-200:]
+        if any(k in line for k in ("moved to", "now serving", "could not follow"))
+    )
     late = sum(1 for r, v in served if v == "1" and r.sent > moved + SWITCH_BOUND_S)
-    assert not late, (f"{late} v1 answers sent over {SWITCH_BOUND_S} s after the move, the last "
-                      f"{last_v1_s:.2f} s after it; /metadata showed v2 after {first_switch_s:.2f} s. Server log:\n{story}")
+    assert not late, (
+        f"{late} v1 answers sent over {SWITCH_BOUND_S} s after the move, the last "
+        f"{last_v1_s:.2f} s after it; /metadata showed v2 after {first_switch_s:.2f} s. Server log:\n{story}"
+    )
     assert any(v == "2" for r, v in served if r.sent > moved + SWITCH_BOUND_S)
-    print(f"\n/metadata showed v2 after {first_switch_s:.2f} s; last v1 answer sent {last_v1_s:.2f} s after "
-          f"the move; {len(replies)} requests, {sum(v == '2' for _, v in served)} answered by v2")
+    print(
+        f"\n/metadata showed v2 after {first_switch_s:.2f} s; last v1 answer sent {last_v1_s:.2f} s after "
+        f"the move; {len(replies)} requests, {sum(v == '2' for _, v in served)} answered by v2"
+    )
     assert first_switch_s <= SWITCH_BOUND_S and last_v1_s <= SWITCH_BOUND_S
     assert "moved to v2: loading it beside v1" in on_v1.output() and f"now serving {NAME} v2" in on_v1.output()
 
@@ -121,7 +139,6 @@ def test_alias_move_under_load_switches_every_worker_without_a_failed_request(on
 def broken_version(tmp_path: Path, like: str) -> str:
     """A new registry version: a copy of version `like` whose model.onnx is not an ONNX file."""
     import mlflow
-
     from textops import registry
 
     copy = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{like}", dst_path=str(tmp_path / "broken")))

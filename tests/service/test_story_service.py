@@ -5,6 +5,7 @@ Answers must equal the package's own OnnxGenerator (same seed, same setting), th
 as the generator's pieces, one HTTP chunk each, and every bad parameter must get 400 naming it,
 from both endpoints, before any stream starts.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,14 @@ from service.servers import BENTOML, metadata, start, stop
 from service.story_fixtures import CONTEXT, NAME, TAGS, build_package, register
 
 # Small limits keep bad requests small; max_new_tokens stays under the tiny model's context.
-STORY_SERVE = {"max_prompt_chars": 300, "max_new_tokens": 48, "default_max_new_tokens": 12, "max_body_bytes": 4096,
-               "poll_interval_s": 1.0, "workers": 1}
+STORY_SERVE = {
+    "max_prompt_chars": 300,
+    "max_new_tokens": 48,
+    "default_max_new_tokens": 12,
+    "max_body_bytes": 4096,
+    "poll_interval_s": 1.0,
+    "workers": 1,
+}
 PROMPT = "Once upon"
 GREEDY = {"do_sample": False, "repetition_penalty": 1.0}
 ENDPOINTS = ["/generate", "/generate_stream"]
@@ -70,8 +77,9 @@ def serve(repo):
 
 @pytest.fixture(scope="module")
 def server(version, repo, server_env, tmp_path_factory):
-    server = start(["serving.story:StoryGenerator"], repo, server_env,
-                   tmp_path_factory.mktemp("logs") / "story-server.log")
+    server = start(
+        ["serving.story:StoryGenerator"], repo, server_env, tmp_path_factory.mktemp("logs") / "story-server.log"
+    )
     yield server
     stop(server)
 
@@ -99,6 +107,7 @@ def setting(serve, **given):
 
 # ---------------------------------------------------------------- good requests
 
+
 def test_generate_matches_the_package(server, local, serve, version):
     body = {"prompt": PROMPT, "max_new_tokens": 40, **GREEDY}
     got = post(server.url, "/generate", body)
@@ -115,8 +124,12 @@ def test_defaults_come_from_story_serve_and_a_seed_makes_sampling_reproducible(s
     assert first["text"] == again["text"] == expected["text"]
     assert first["new_tokens"] == expected["new_tokens"]
     overridden = post(server.url, "/generate", {"prompt": PROMPT, "seed": 7, "temperature": 3.0, "top_k": 0}).json()
-    assert overridden["text"] == local.generate(PROMPT, serve.default_max_new_tokens,
-                                                setting(serve, temperature=3.0, top_k=0), seed=7)["text"]
+    assert (
+        overridden["text"]
+        == local.generate(PROMPT, serve.default_max_new_tokens, setting(serve, temperature=3.0, top_k=0), seed=7)[
+            "text"
+        ]
+    )
 
 
 def test_stream_sends_the_generator_pieces_as_they_come(server, local, serve, version):
@@ -139,8 +152,10 @@ def test_sampled_stream_equals_generate_with_the_same_seed(server):
 
 def test_concurrent_streams_keep_their_own_state(server, local, serve):
     """Streams take turns token by token in one worker: each must still get its own sequence."""
-    bodies = [{"prompt": p, "max_new_tokens": 30, "seed": s} for p, s in
-              [(PROMPT, 1), ("The little dog", 2), ("She smiled", 3), ("", 4), (PROMPT, 5), ("One day", 6)]]
+    bodies = [
+        {"prompt": p, "max_new_tokens": 30, "seed": s}
+        for p, s in [(PROMPT, 1), ("The little dog", 2), ("She smiled", 3), ("", 4), (PROMPT, 5), ("One day", 6)]
+    ]
     results: dict[int, str] = {}
 
     def run(i: int) -> None:
@@ -170,8 +185,14 @@ def test_a_prompt_over_the_context_keeps_its_end(server, local, serve):
 
 
 def test_limits_are_inclusive(server):
-    body = {"prompt": "é" * STORY_SERVE["max_prompt_chars"], "max_new_tokens": STORY_SERVE["max_new_tokens"],
-            "temperature": 10.0, "top_p": 1.0, "repetition_penalty": 10.0, "seed": 2**63 - 1}
+    body = {
+        "prompt": "é" * STORY_SERVE["max_prompt_chars"],
+        "max_new_tokens": STORY_SERVE["max_new_tokens"],
+        "temperature": 10.0,
+        "top_p": 1.0,
+        "repetition_penalty": 10.0,
+        "seed": 2**63 - 1,
+    }
     assert post(server.url, "/generate", body).status_code == 200
 
 
@@ -183,8 +204,11 @@ MAX_NEW, MAX_CHARS = STORY_SERVE["max_new_tokens"], STORY_SERVE["max_prompt_char
 BAD_FIELDS = {
     "max_new_tokens zero": ("max_new_tokens", b"0", "greater than or equal to 1"),
     "max_new_tokens negative": ("max_new_tokens", b"-5", "greater than or equal to 1"),
-    "max_new_tokens over the cap": ("max_new_tokens", str(MAX_NEW + 1).encode(),
-                                    f"the limit story.serve.max_new_tokens={MAX_NEW}"),
+    "max_new_tokens over the cap": (
+        "max_new_tokens",
+        str(MAX_NEW + 1).encode(),
+        f"the limit story.serve.max_new_tokens={MAX_NEW}",
+    ),
     "max_new_tokens huge": ("max_new_tokens", b"1" + b"0" * 30, f"story.serve.max_new_tokens={MAX_NEW}"),
     "max_new_tokens float": ("max_new_tokens", b"5.0", "valid integer"),
     "max_new_tokens string": ("max_new_tokens", b'"5"', "valid integer"),
@@ -211,8 +235,11 @@ BAD_FIELDS = {
     "seed negative": ("seed", b"-1", "greater than or equal to 0"),
     "seed over 2**63-1": ("seed", str(2**63).encode(), "less than or equal to 9223372036854775807"),
     "seed float": ("seed", b"1.5", "valid integer"),
-    "prompt too long": ("prompt", json.dumps("a" * (MAX_CHARS + 1)).encode(),
-                        f"has {MAX_CHARS + 1} characters; the limit is story.serve.max_prompt_chars={MAX_CHARS}"),
+    "prompt too long": (
+        "prompt",
+        json.dumps("a" * (MAX_CHARS + 1)).encode(),
+        f"has {MAX_CHARS + 1} characters; the limit is story.serve.max_prompt_chars={MAX_CHARS}",
+    ),
     "prompt with NUL": ("prompt", b'"once\\u0000upon"', "NUL character"),
     "prompt number": ("prompt", b"5", "valid string"),
     "prompt null": ("prompt", b"null", "valid string"),
@@ -264,8 +291,12 @@ def test_body_over_the_limit_gets_413(server, path):
 
 @pytest.mark.parametrize("path", ENDPOINTS)
 def test_pickle_content_type_gets_415(server, path):
-    response = httpx.post(f"{server.url}{path}", content=b"\x80\x04N.", timeout=30,
-                          headers={"content-type": "application/vnd.bentoml+pickle"})
+    response = httpx.post(
+        f"{server.url}{path}",
+        content=b"\x80\x04N.",
+        timeout=30,
+        headers={"content-type": "application/vnd.bentoml+pickle"},
+    )
     assert response.status_code == 415
 
 
@@ -279,6 +310,7 @@ def test_a_client_that_leaves_mid_stream_does_not_hurt_the_server(server, local,
 
 
 # ---------------------------------------------------------------- metadata, health, docs
+
 
 def test_metadata_describes_the_registry_version(server, version):
     meta = metadata(server.url)
@@ -313,18 +345,29 @@ def test_no_request_got_500(server):
 
 # ---------------------------------------------------------------- the built Bento, without MLflow
 
+
 @pytest.fixture(scope="module")
 def bento(version, repo, server_env) -> str:
-    run = subprocess.run([BENTOML, "build", "-f", "bentofile.story.yaml", "--output", "tag"], cwd=repo, env=server_env,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [BENTOML, "build", "-f", "bentofile.story.yaml", "--output", "tag"],
+        cwd=repo,
+        env=server_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     return re.search(r"__tag__:(\S+)", run.stdout).group(1)
 
 
 def test_bento_serves_the_bundled_version_without_mlflow(bento, version, server_env, local, serve, tmp_path_factory):
     elsewhere = tmp_path_factory.mktemp("story-elsewhere")  # neither serving/ nor params.yaml here
-    env = {**server_env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-           "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}  # nothing listens on the discard port
+    env = {
+        **server_env,
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
+    }  # nothing listens on the discard port
     server = start([bento], elsewhere, env, tmp_path_factory.mktemp("logs") / "story-bento.log")
     try:
         meta = metadata(server.url)

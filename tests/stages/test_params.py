@@ -1,7 +1,9 @@
 """textops.params: params.yaml loads into typed sections; unknown keys and bad values fail by dotted name."""
+
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from textops.errors import PipelineError
-from textops.params import ParamsError, load_params, parse_params
+from textops.params import ParamsError, UndeclaredParam, declared_keys, for_stage, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO_PARAMS_FILE = ROOT / "params.yaml"
@@ -112,11 +114,14 @@ def test_negative_epochs_fail_naming_the_key(raw):
     assert "(got -1)" in message
 
 
-@pytest.mark.parametrize("key, value", [
-    ("eval_fraction", 1.5),
-    ("max_bad_fraction", -0.1),
-    ("min_class_fraction", 0.5),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("eval_fraction", 1.5),
+        ("max_bad_fraction", -0.1),
+        ("min_class_fraction", 0.5),
+    ],
+)
 def test_out_of_range_prepare_fraction_fails_naming_the_key(raw, key, value):
     raw["prepare"][key] = value
     with pytest.raises(ParamsError) as info:
@@ -193,3 +198,65 @@ def test_a_single_label_fails(raw):
     with pytest.raises(ParamsError) as info:
         parse_params(raw)
     assert "'labels'" in str(info.value)
+
+
+# ---------------------------------------------------------------- one source for every value
+
+# Mappings whose entries are data, not fields: label values, named decoding strategies, and decoding settings
+# (GenerationParams keeps neutral defaults so a strategy names only what it turns on).
+FREE_FORM = {"label_map", "strategies", "defaults"}
+
+
+def leaf_keys(data: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key not in FREE_FORM:
+            keys += leaf_keys(value, dotted + ".")
+        else:
+            keys.append(dotted)
+    return keys
+
+
+@pytest.mark.parametrize("key", leaf_keys(yaml.safe_load(REPO_PARAMS_FILE.read_text(encoding="utf-8"))))
+def test_every_key_the_loader_needs_is_in_params_yaml_and_a_missing_one_is_named(raw, key):
+    """The loader has no defaults that could disagree with params.yaml: remove any key and loading fails,
+    naming that key."""
+    *parents, last = key.split(".")
+    section = raw
+    for part in parents:
+        section = section[part]
+    del section[last]
+    with pytest.raises(ParamsError, match=rf"missing key '{re.escape(key)}'"):
+        parse_params(raw)
+
+
+def test_a_stage_reading_an_undeclared_key_fails_naming_it(raw):
+    params = for_stage(parse_params(raw), "tokenize", ROOT / "dvc.yaml")
+    assert params.model.max_length == raw["model"]["max_length"]  # declared: model.max_length
+    assert params.labels == raw["labels"]
+    expected = r"stage 'tokenize' reads params key 'train', which dvc.yaml does not list under stages\.tokenize\.params"
+    with pytest.raises(UndeclaredParam, match=expected):
+        params.train.epochs
+    with pytest.raises(UndeclaredParam, match=r"'model\.pooling'"):  # a sibling of a declared key
+        params.model.pooling
+
+
+def test_a_partly_declared_section_answers_only_its_declared_keys(raw):
+    params = for_stage(parse_params(raw), "story_quantize", ROOT / "dvc.yaml")
+    assert params.story.evaluate.prompts == raw["story"]["evaluate"]["prompts"]
+    assert params.story.quantize.per_channel is raw["story"]["quantize"]["per_channel"]
+    with pytest.raises(UndeclaredParam, match=r"'story\.evaluate\.seeds'"):
+        params.story.evaluate.seeds
+    # What MLflow and the model card receive: the declared keys only.
+    dumped = params.model_dump()
+    assert set(dumped) == {"story"} and set(dumped["story"]) == {"evaluate", "quantize", "tracking"}
+    assert set(dumped["story"]["evaluate"]) == {"prompts"}
+
+
+def test_declared_keys_come_from_dvc_yaml(raw):
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage, spec in stages.items():
+        assert declared_keys(ROOT / "dvc.yaml", stage) == [str(k) for k in spec.get("params", [])]
+    with pytest.raises(ParamsError, match="no stage 'deploy'"):
+        declared_keys(ROOT / "dvc.yaml", "deploy")

@@ -1,5 +1,6 @@
 """stages.prepare and textops.sources: every bad input ends in the quarantine with its reason and line,
 or stops the stage with an error that names the file; nothing is lost without a trace."""
+
 from __future__ import annotations
 
 import copy
@@ -23,6 +24,7 @@ HEADER = "sentence\tlabel"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
 
 def good_rows(n_per_class: int = 40, offset: int = 0) -> list[tuple[str, str]]:
     """Distinct rows, classes interleaved: data row k sits on file line k + 2 of a TSV (line 1 is the header)."""
@@ -68,6 +70,7 @@ def the_one_quarantined(result: dict):
 
 
 # ------------------------------------------------------------------------------------- row problems
+
 
 def test_clean_tsv_keeps_every_row_and_passes_validation(tmp_path):
     rows = good_rows()
@@ -136,10 +139,13 @@ def test_label_names_are_accepted_as_well_as_raw_labels(tmp_path):
     assert kept["bad film number 0"] == "negative"
 
 
-@pytest.mark.parametrize("line, reason", [
-    ("\t1", "empty text"),
-    ("   \t0", "whitespace-only text"),
-])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("\t1", "empty text"),
+        ("   \t0", "whitespace-only text"),
+    ],
+)
 def test_empty_and_whitespace_only_text_is_quarantined(tmp_path, line, reason):
     lines = tsv_lines(good_rows())
     lines.insert(20, line)  # file line 22
@@ -176,6 +182,7 @@ def test_a_utf8_bom_and_crlf_line_ends_are_not_problems(tmp_path):
 
 # ---------------------------------------------------------------------- problems with the whole source
 
+
 def test_missing_column_raises_source_error_naming_file_and_column(tmp_path):
     src = write_tsv(tmp_path / "reviews.tsv", tsv_lines(good_rows()), header="sentence\tstars")
     with pytest.raises(SourceError) as info:
@@ -188,8 +195,9 @@ def test_missing_column_raises_source_error_naming_file_and_column(tmp_path):
 
 def test_jsonl_missing_column_raises_source_error_naming_file_and_column(tmp_path):
     src = tmp_path / "reviews.jsonl"
-    src.write_text("".join(json.dumps({"sentence": t, "stars": int(y)}) + "\n" for t, y in good_rows()),
-                   encoding="utf-8")
+    src.write_text(
+        "".join(json.dumps({"sentence": t, "stars": int(y)}) + "\n" for t, y in good_rows()), encoding="utf-8"
+    )
     with pytest.raises(SourceError) as info:
         prepare(make_params(src))
     assert str(info.value).startswith(f"{src}: missing column(s) ['label']")
@@ -244,6 +252,7 @@ def test_unsupported_file_type_raises_naming_the_file(tmp_path):
 
 # -------------------------------------------------------------------------------------- duplicates
 
+
 def test_text_in_train_and_dev_is_removed_from_train_as_leakage(tmp_path):
     folder = tmp_path / "glue"
     folder.mkdir()
@@ -287,8 +296,12 @@ def test_duplicate_text_within_a_split_is_quarantined(tmp_path):
 
 # ------------------------------------------------------------------------------------ bad fraction
 
-@pytest.mark.parametrize("bad_line", [b"strange film\t7", b"three\tfields\t1", b"caf\xe9\t1"],
-                         ids=["unknown-label", "malformed", "undecodable"])
+
+@pytest.mark.parametrize(
+    "bad_line",
+    [b"strange film\t7", b"three\tfields\t1", b"caf\xe9\t1"],
+    ids=["unknown-label", "malformed", "undecodable"],
+)
 def test_more_bad_rows_than_max_bad_fraction_stops_the_stage(tmp_path, bad_line):
     lines = [line.encode() for line in tsv_lines(good_rows())]
     lines += [bad_line.replace(b"film", b"film %d" % i) if b"film" in bad_line else bad_line for i in range(5)]
@@ -318,6 +331,7 @@ def test_max_bad_fraction_is_read_from_params(tmp_path):
 
 # ---------------------------------------------------------------------------- nothing silently lost
 
+
 def test_every_data_row_is_either_kept_or_quarantined(tmp_path):
     lines = [line.encode() for line in tsv_lines(good_rows())]
     problems = {  # file line -> reason key
@@ -342,8 +356,7 @@ def test_every_data_row_is_either_kept_or_quarantined(tmp_path):
     assert len(kept) + len(result["quarantine"]) == n_data_rows
     quarantined = {r.line: r.reason for r in result["quarantine"]}
     assert len(quarantined) == len(result["quarantine"])  # one entry per line
-    assert {line: reason for line, reason in quarantined.items()
-            if not reason.startswith(problems[line][1])} == {}
+    assert {line: reason for line, reason in quarantined.items() if not reason.startswith(problems[line][1])} == {}
     assert set(quarantined) == set(problems)
     kept_lines = set(kept["line"])
     assert kept_lines.isdisjoint(quarantined)
@@ -352,6 +365,7 @@ def test_every_data_row_is_either_kept_or_quarantined(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- the eval split
+
 
 def test_source_without_eval_split_gets_a_stratified_eval_split(tmp_path):
     rows = good_rows()
@@ -385,6 +399,7 @@ def test_max_train_rows_subsamples_train_and_reports_the_rest(tmp_path):
 
 # ------------------------------------------------------------------------------------------ formats
 
+
 def write_source(path: Path, rows: list[tuple[str, str]]) -> Path:
     suffix = path.suffix
     if suffix == ".tsv":
@@ -409,8 +424,9 @@ def test_csv_jsonl_and_parquet_read_the_same_rows_as_tsv(tmp_path, suffix):
     other = prepare(make_params(write_source(tmp_path / f"reviews{suffix}", rows)))
     assert other["quarantine"] == tsv["quarantine"] == []
     for split in ("train", "eval"):
-        assert list(zip(other["splits"][split]["text"], other["splits"][split]["label"])) == \
-            list(zip(tsv["splits"][split]["text"], tsv["splits"][split]["label"]))
+        assert list(zip(other["splits"][split]["text"], other["splits"][split]["label"])) == list(
+            zip(tsv["splits"][split]["text"], tsv["splits"][split]["label"])
+        )
     assert 'good, "quoted" film , with commas' in set(kept_rows(other)["text"])
     assert len(kept_rows(other)) == 81
 
@@ -430,8 +446,9 @@ def test_parquet_null_text_is_quarantined_with_its_row_number(tmp_path):
 
 def test_parquet_null_label_quarantines_only_that_row(tmp_path):
     rows = good_rows()
-    frame = pd.DataFrame({"sentence": [t for t, _ in rows] + ["a film with no rating"],
-                          "label": [int(y) for _, y in rows] + [None]})
+    frame = pd.DataFrame(
+        {"sentence": [t for t, _ in rows] + ["a film with no rating"], "label": [int(y) for _, y in rows] + [None]}
+    )
     src = tmp_path / "reviews.parquet"
     frame.to_parquet(src)
     result = prepare(make_params(src))
@@ -453,15 +470,21 @@ def test_too_few_rows_for_an_eval_split_is_a_user_error(tmp_path):
 
 # ---------------------------------------------------------------------------------- run() and main()
 
+
 def test_run_writes_splits_quarantine_validation_and_metrics(tmp_path):
     lines = tsv_lines(good_rows())
     lines.insert(4, "an oddly rated film\t7")  # line 6
     src = write_tsv(tmp_path / "reviews.tsv", lines)
     out, metrics = tmp_path / "prepared", tmp_path / "metrics" / "prepare.json"
-    run(make_params(src), out, metrics)
+    run(make_params(src), out, tmp_path / "headline.json", metrics)
 
     assert sorted(p.name for p in out.iterdir()) == [
-        "eval.parquet", "quarantine.jsonl", "train.parquet", "validation.json", "validation.md"]
+        "eval.parquet",
+        "quarantine.jsonl",
+        "train.parquet",
+        "validation.json",
+        "validation.md",
+    ]
     train, eval_ = pd.read_parquet(out / "train.parquet"), pd.read_parquet(out / "eval.parquet")
     assert list(train.columns) == ["text", "label"] == list(eval_.columns)
     assert (len(train), len(eval_)) == (64, 16)
@@ -502,7 +525,7 @@ def test_run_writes_the_report_then_fails_when_validation_fails(tmp_path):
     src = write_tsv(tmp_path / "reviews.tsv", tsv_lines(rows))
     out, metrics = tmp_path / "prepared", tmp_path / "prepare.json"
     with pytest.raises(ValidationFailed) as info:
-        run(make_params(src), out, metrics)
+        run(make_params(src), out, tmp_path / "headline.json", metrics)
     message = str(info.value)
     assert message.startswith(f"data validation failed for {src}:")
     assert "split 'train': expect_column_values_to_be_in_set share of 'negative' >= 0.1 failed" in message
@@ -523,7 +546,18 @@ def test_main_with_a_nonexistent_source_exits_1_with_a_short_error(tmp_path, cap
     missing = tmp_path / "no-such-data.tsv"
     params_file = write_params_file(tmp_path / "params.yaml", missing)
     out, metrics = tmp_path / "prepared", tmp_path / "prepare.json"
-    code = main(["--params", str(params_file), "--out", str(out), "--metrics", str(metrics)])
+    code = main(
+        [
+            "--params",
+            str(params_file),
+            "--out",
+            str(out),
+            "--metrics",
+            str(tmp_path / "headline.json"),
+            "--report-file",
+            str(metrics),
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error in stage 'prepare': prepare.source '{missing}': no such file or folder")
@@ -535,7 +569,18 @@ def test_main_with_a_nonexistent_source_exits_1_with_a_short_error(tmp_path, cap
 def test_main_with_an_unknown_params_key_exits_1(tmp_path, capsys):
     src = write_tsv(tmp_path / "reviews.tsv", tsv_lines(good_rows()))
     params_file = write_params_file(tmp_path / "params.yaml", src, max_bad_fracton=0.1)
-    code = main(["--params", str(params_file), "--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json")])
+    code = main(
+        [
+            "--params",
+            str(params_file),
+            "--out",
+            str(tmp_path / "out"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+            "--report-file",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert err.startswith("error in stage 'prepare': ")
@@ -547,7 +592,18 @@ def test_main_on_good_data_exits_0_and_writes_outputs(tmp_path, capsys):
     src = write_tsv(tmp_path / "reviews.tsv", tsv_lines(good_rows()))
     params_file = write_params_file(tmp_path / "params.yaml", src)
     out, metrics = tmp_path / "prepared", tmp_path / "prepare.json"
-    code = main(["--params", str(params_file), "--out", str(out), "--metrics", str(metrics)])
+    code = main(
+        [
+            "--params",
+            str(params_file),
+            "--out",
+            str(out),
+            "--metrics",
+            str(tmp_path / "headline.json"),
+            "--report-file",
+            str(metrics),
+        ]
+    )
     assert code == 0
     assert "error" not in capsys.readouterr().err
     assert json.loads(metrics.read_text(encoding="utf-8"))["rows"] == {"train": 64, "eval": 16}

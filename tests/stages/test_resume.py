@@ -1,4 +1,5 @@
 """train resumes from its last checkpoint when rerun after a kill (and starts over when params change)."""
+
 from __future__ import annotations
 
 import json
@@ -16,22 +17,48 @@ from stages import prepare, tokenize
 
 
 def train_cmd(root: Path, params_file: Path) -> list[str]:
-    return [sys.executable, "-m", "stages.train", "--params", str(params_file), "--tokenized", str(root / "tok"),
-            "--prepare-metrics", str(root / "prepare.json"), "--out", str(root / "model"),
-            "--checkpoints", str(root / "ckpt"), "--curve", str(root / "curve"), "--metrics", str(root / "train.json")]
+    return [
+        sys.executable,
+        "-m",
+        "stages.train",
+        "--params",
+        str(params_file),
+        "--tokenized",
+        str(root / "tok"),
+        "--prepare-report",
+        str(root / "prepare.json"),
+        "--out",
+        str(root / "model"),
+        "--checkpoints",
+        str(root / "ckpt"),
+        "--curve",
+        str(root / "curve"),
+        "--metrics",
+        str(root / "train.metrics.json"),
+        "--report-file",
+        str(root / "train.json"),
+    ]
 
 
 def test_rerun_after_kill_resumes_from_last_checkpoint(tmp_path, params_for):
-    params = params_for(write_tsv(tmp_path / "reviews.tsv", sentences(40)), tracking__enabled=False,
-                        train__epochs=60, train__save_steps=5, train__save_total_limit=2)
-    prepare.run(params, tmp_path / "prepared", tmp_path / "prepare.json")
-    tokenize.run(params, tmp_path / "prepared", tmp_path / "tok", tmp_path / "tokenize.json")
+    params = params_for(
+        write_tsv(tmp_path / "reviews.tsv", sentences(40)),
+        tracking__enabled=False,
+        train__epochs=60,
+        train__save_steps=5,
+        train__save_total_limit=2,
+    )
+    prepare.run(params, tmp_path / "prepared", tmp_path / "prepare.metrics.json", tmp_path / "prepare.json")
+    tokenize.run(
+        params, tmp_path / "prepared", tmp_path / "tok", tmp_path / "tokenize.metrics.json", tmp_path / "t.json"
+    )
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(params.model_dump()))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
-    proc = subprocess.Popen(train_cmd(tmp_path, params_file), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(tmp_path, params_file), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 180
     while not any(int(p.name.split("-")[1]) >= 10 for p in (tmp_path / "ckpt").glob("checkpoint-*")):
         assert proc.poll() is None, "training finished before it could be killed; raise epochs"
@@ -42,8 +69,9 @@ def test_rerun_after_kill_resumes_from_last_checkpoint(tmp_path, params_for):
     proc.wait()
     assert not (tmp_path / "train.json").exists()
 
-    done = subprocess.run(train_cmd(tmp_path, params_file), cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        train_cmd(tmp_path, params_file), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((tmp_path / "train.json").read_text())
     assert metrics["resumed_from_step"] >= 10
@@ -52,7 +80,7 @@ def test_rerun_after_kill_resumes_from_last_checkpoint(tmp_path, params_for):
 
 
 def test_changed_params_clear_stale_checkpoints(tmp_path):
-    from stages.train import last_checkpoint
+    from textops.training import last_checkpoint
 
     ckpt = tmp_path / "ckpt"
     (ckpt / "checkpoint-5").mkdir(parents=True)

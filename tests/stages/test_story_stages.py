@@ -1,5 +1,6 @@
 """The story stages on tiny corpora they write themselves: bad inputs end in the quarantine or a clear
 error, tokenizers decode back exactly, a tiny GPT's loss falls, evaluate reports and gates."""
+
 from __future__ import annotations
 
 import copy
@@ -11,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from stages import story_evaluate, story_prepare, story_tokenize, story_train
 from textops.errors import GateFailed, PipelineError
-from textops.params import Params, parse_params
+from textops.params import Params, for_stage, parse_params
+from textops.story import training as story_training
 from textops.story.corpus import Document, validate
 from textops.story.lm import eval_blocks, mean_loss, perplexity_of, torch_logits
 from textops.story.tokenizer import bpe_tokenizer, char_tokenizer, encode_stream
@@ -30,8 +33,10 @@ def stories(n: int, seed: int = 0) -> list[str]:
     rng, out = random.Random(seed), []
     while len(out) < n:
         name, animal, place = rng.choice(NAMES), rng.choice(ANIMALS), rng.choice(PLACES)
-        text = (f"{name} had a {animal}. The {animal} {rng.choice(ACTS)} the {place}. "
-                f"{name} said, \"I love the {place}!\"" + (" They were happy." if rng.random() < 0.5 else ""))
+        text = (
+            f"{name} had a {animal}. The {animal} {rng.choice(ACTS)} the {place}. "
+            f'{name} said, "I love the {place}!"' + (" They were happy." if rng.random() < 0.5 else "")
+        )
         text = f"{text} Day {len(out)}."  # every story distinct
         out.append(text)
     return out
@@ -53,8 +58,18 @@ def story_params(repo_params_raw, tiny_model_dir):
         s["prepare"]["source"] = str(source)
         s["model"].update(n_layer=2, n_head=2, n_embd=32, context=32)
         s["tokenize"].update(kind="char")
-        s["train"].update(max_steps=60, batch_size=8, eval_batch_size=16, learning_rate=3e-3, min_learning_rate=3e-4,
-                          warmup_steps=5, eval_steps=30, save_steps=1000, logging_steps=5, num_threads=1)
+        s["train"].update(
+            max_steps=60,
+            batch_size=8,
+            eval_batch_size=16,
+            learning_rate=3e-3,
+            min_learning_rate=3e-4,
+            warmup_steps=5,
+            eval_steps=30,
+            save_steps=1000,
+            logging_steps=5,
+            num_threads=1,
+        )
         s["evaluate"].update(prompts=["Tom had", "The dog"], seeds=[0, 1], max_new_tokens=12, batch_size=8)
         s["tracking"]["enabled"] = False
         for key, value in overrides.items():
@@ -66,7 +81,8 @@ def story_params(repo_params_raw, tiny_model_dir):
 
 
 def prepare_to(root: Path, params: Params) -> dict:
-    story_prepare.run(params, root / "prepared", root / "prepare.json")
+    view = for_stage(params, "story_prepare", ROOT / "dvc.yaml")
+    story_prepare.run(view, root / "prepared", root / "prepare.metrics.json", root / "prepare.json")
     return json.loads((root / "prepare.json").read_text())
 
 
@@ -76,19 +92,48 @@ def quarantine(root: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, story_params) -> dict:
-    """prepare -> tokenize -> train -> evaluate once, on 120 tiny stories (char tokens)."""
+    """prepare -> tokenize -> train -> evaluate once, on 120 tiny stories (char tokens), each stage seeing only
+    the params keys dvc.yaml lists for it."""
     root = tmp_path_factory.mktemp("story")
     params = story_params(write_corpus(root / "stories.txt", stories(120)))
+
+    def view(stage: str) -> Params:
+        return for_stage(params, stage, ROOT / "dvc.yaml")
+
     prepare_to(root, params)
-    story_tokenize.run(params, root / "prepared", root / "tok", root / "tokenize.json")
-    story_train.run(params, root / "tok", root / "prepare.json", root / "model", root / "ckpt", root / "curve",
-                    root / "train.json")
-    story_evaluate.run(params, root / "model", root / "tok", root / "evaluate.json", root / "generations.md")
-    return {"root": root, "params": params,
-            **{name: json.loads((root / f"{name}.json").read_text()) for name in ("prepare", "tokenize", "train", "evaluate")}}
+    story_tokenize.run(
+        view("story_tokenize"), root / "prepared", root / "tok", root / "tokenize.metrics.json", root / "tokenize.json"
+    )
+    story_train.run(
+        view("story_train"),
+        root / "tok",
+        root / "prepare.json",
+        root / "model",
+        root / "ckpt",
+        root / "curve",
+        root / "train.metrics.json",
+        root / "train.json",
+    )
+    story_evaluate.run(
+        view("story_evaluate"),
+        root / "model",
+        root / "tok",
+        root / "evaluate.metrics.json",
+        root / "generations.md",
+        root / "evaluate.json",
+    )
+    return {
+        "root": root,
+        "params": params,
+        **{
+            name: json.loads((root / f"{name}.json").read_text())
+            for name in ("prepare", "tokenize", "train", "evaluate")
+        },
+    }
 
 
 # ------------------------------------------------------------------------------------------- prepare
+
 
 def test_prepare_writes_documents_and_report(pipeline):
     root, report = pipeline["root"], pipeline["prepare"]
@@ -113,7 +158,11 @@ def test_empty_file_is_an_error(tmp_path, story_params):
 
 def test_non_utf8_paragraph_is_quarantined_with_its_line(tmp_path, story_params):
     docs = stories(40)
-    text = "\n\n".join(docs[:30]).encode() + b"\n\nA bad \xff byte here.\nSecond line.\n\n" + "\n\n".join(docs[30:]).encode()
+    text = (
+        "\n\n".join(docs[:30]).encode()
+        + b"\n\nA bad \xff byte here.\nSecond line.\n\n"
+        + "\n\n".join(docs[30:]).encode()
+    )
     (tmp_path / "mixed.txt").write_bytes(text)
     report = prepare_to(tmp_path, story_params(tmp_path / "mixed.txt"))
     assert report["documents_read"] == 41 and report["quarantine_reasons"] == {"undecodable bytes": 1}
@@ -129,7 +178,7 @@ def test_wholly_undecodable_file_is_an_error(tmp_path, story_params):
 
 def test_disallowed_characters_and_long_documents_are_quarantined(tmp_path, story_params):
     docs = stories(60)
-    docs[10] = "First line is fine.\nThe second has an emoji \U0001F600 in it."
+    docs[10] = "First line is fine.\nThe second has an emoji \U0001f600 in it."
     docs[20] = "word " * 100
     report = prepare_to(tmp_path, story_params(write_corpus(tmp_path / "s.txt", docs), prepare__max_chars=300))
     assert report["quarantine_reasons"] == {"disallowed character": 1, "too long": 1}
@@ -168,11 +217,12 @@ def test_folder_of_txt_files(tmp_path, story_params):
     assert report["documents_read"] == 30 and len(report["source_files"]) == 2
 
 
-def test_validation_fails_on_text_in_both_splits():
+def test_validation_fails_on_text_in_both_splits(repo_params_raw):
     from textops.params import StoryPrepareParams
 
     same = Document("x.txt", 1, "The same story.")
-    result = validate({"train": [same, Document("x.txt", 3, "Another.")], "eval": [same]}, StoryPrepareParams())
+    prepare = StoryPrepareParams(**repo_params_raw["story"]["prepare"])
+    result = validate({"train": [same, Document("x.txt", 3, "Another.")], "eval": [same]}, prepare)
     assert not result["success"]
     [failed] = [c for c in result["checks"] if not c["success"]]
     assert failed["split"] == "all" and failed["expectation"] == "expect_column_values_to_be_unique"
@@ -180,7 +230,7 @@ def test_validation_fails_on_text_in_both_splits():
 
 # ------------------------------------------------------------------------------------------ tokenize
 
-TRICKY = ["She said, \"Hi!\"  Then\tleft.\nNew line .", "a , b . c", "Caf\u00e9 \u2014 na\u00efve \u201cquotes\u201d"]
+TRICKY = ['She said, "Hi!"  Then\tleft.\nNew line .', "a , b . c", "Caf\u00e9 \u2014 na\u00efve \u201cquotes\u201d"]
 
 
 @pytest.mark.parametrize("kind", ["char", "bpe"])
@@ -222,6 +272,7 @@ def test_tokenize_stage_streams_and_report(pipeline):
 
 # ------------------------------------------------------------------------------------------- train
 
+
 def test_train_loss_falls_and_model_is_self_contained(pipeline):
     import pandas as pd
     from transformers import AutoConfig, AutoTokenizer
@@ -246,9 +297,10 @@ def test_train_loss_falls_and_model_is_self_contained(pipeline):
 
 def test_lora_saves_a_merged_plain_model(pipeline, story_params, tmp_path):
     root = pipeline["root"]
-    params = story_params(pipeline["params"].story.prepare.source, train__method="lora", train__max_steps=4,
-                          train__eval_steps=100)
-    result = story_train.train(params, root / "tok", tmp_path / "model", tmp_path / "ckpt")
+    params = story_params(
+        pipeline["params"].story.prepare.source, train__method="lora", train__max_steps=4, train__eval_steps=100
+    )
+    result = story_training.train(params, root / "tok", tmp_path / "model", tmp_path / "ckpt")
     counts = result["metrics"]
     assert 0 < counts["trainable_parameters"] < counts["total_parameters"] / 5
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
@@ -258,12 +310,13 @@ def test_lora_saves_a_merged_plain_model(pipeline, story_params, tmp_path):
 def test_resume_after_a_kill_continues_the_same_run(pipeline, story_params, tmp_path):
     import shutil
 
-    params = story_params(pipeline["params"].story.prepare.source, train__max_steps=20, train__save_steps=10,
-                          train__eval_steps=100)
+    params = story_params(
+        pipeline["params"].story.prepare.source, train__max_steps=20, train__save_steps=10, train__eval_steps=100
+    )
     tok = pipeline["root"] / "tok"
-    straight = story_train.train(params, tok, tmp_path / "a", tmp_path / "ckpt")
+    straight = story_training.train(params, tok, tmp_path / "a", tmp_path / "ckpt")
     shutil.rmtree(tmp_path / "ckpt" / "checkpoint-20")  # as if killed between steps 10 and 20
-    resumed = story_train.train(params, tok, tmp_path / "b", tmp_path / "ckpt")
+    resumed = story_training.train(params, tok, tmp_path / "b", tmp_path / "ckpt")
     assert resumed["metrics"]["resumed_from_step"] == 10 and resumed["metrics"]["global_step"] == 20
 
     def losses(result):
@@ -274,6 +327,7 @@ def test_resume_after_a_kill_continues_the_same_run(pipeline, story_params, tmp_
 
 
 # ---------------------------------------------------------------------------------------- evaluate
+
 
 def test_eval_blocks_and_loss():
     import torch
@@ -301,7 +355,8 @@ def test_evaluate_reports_and_generations(pipeline):
     predicted = eval_blocks(np.load(pipeline["root"] / "tok" / "eval.npy"), 32)[:, 1:]
     breaks = int((predicted == pipeline["tokenize"]["vocab_size"] - 2).sum())
     assert breaks > 0 and report["eval_loss_per_char"] == pytest.approx(
-        report["eval_loss"] * predicted.size / (predicted.size + breaks), rel=1e-3)
+        report["eval_loss"] * predicted.size / (predicted.size + breaks), rel=1e-3
+    )
     assert set(report["strategies"]) == set(params.story.evaluate.strategies)
     for stats in report["strategies"].values():
         assert 0 <= stats["repetition_rate"] <= 1 and 0 < stats["distinct_1"] <= 1 and stats["mean_new_tokens"] == 12
@@ -311,9 +366,19 @@ def test_evaluate_reports_and_generations(pipeline):
 
 
 def test_evaluate_gate_refuses_high_perplexity(pipeline, story_params, tmp_path):
-    strict = story_params(pipeline["params"].story.prepare.source, evaluate__max_perplexity=1.01,
-                          evaluate__prompts=["Tom"], evaluate__seeds=[0])
+    strict = story_params(
+        pipeline["params"].story.prepare.source,
+        evaluate__max_perplexity=1.01,
+        evaluate__prompts=["Tom"],
+        evaluate__seeds=[0],
+    )
     with pytest.raises(GateFailed, match="story.evaluate.max_perplexity=1.01"):
-        story_evaluate.run(strict, pipeline["root"] / "model", pipeline["root"] / "tok", tmp_path / "e.json",
-                           tmp_path / "g.md")
+        story_evaluate.run(
+            strict,
+            pipeline["root"] / "model",
+            pipeline["root"] / "tok",
+            tmp_path / "e.json",
+            tmp_path / "g.md",
+            tmp_path / "er.json",
+        )
     assert json.loads((tmp_path / "e.json").read_text())["perplexity"] > 1.01  # written before the gate

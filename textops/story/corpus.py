@@ -5,6 +5,7 @@ A document is a paragraph: text between blank lines. Inside a document, line bre
 line and Windows line ends are removed. Every document left out is kept with its file, line and
 reason; the reason opens with a short key ("too long: ...") that the metrics count by.
 """
+
 from __future__ import annotations
 
 import random
@@ -25,7 +26,7 @@ BAD_KEYS = ("undecodable bytes", "too short", "too long", "disallowed character"
 class TooManyBad(ValidationFailed):
     """Over story.prepare.max_bad_fraction; carries the quarantine so the stage can still write it."""
 
-    def __init__(self, message: str, quarantine: list["Quarantined"]):
+    def __init__(self, message: str, quarantine: list[Quarantined]):
         super().__init__(message)
         self.quarantine = quarantine
 
@@ -125,8 +126,10 @@ def document_problem(doc: Document, p: StoryPrepareParams, allowed: re.Pattern) 
     end = allowed.match(doc.text).end()  # the longest allowed prefix stops at the first other character
     if end < n:
         char = doc.text[end]
-        return (doc.line + doc.text.count("\n", 0, end),
-                f"disallowed character: U+{ord(char):04X} {char!r} not in story.prepare.allowed_chars")
+        return (
+            doc.line + doc.text.count("\n", 0, end),
+            f"disallowed character: U+{ord(char):04X} {char!r} not in story.prepare.allowed_chars",
+        )
     return None
 
 
@@ -158,8 +161,10 @@ def drop_duplicates(docs: list[Document]) -> tuple[list[Document], list[Quaranti
 def split_documents(docs: list[Document], p: StoryPrepareParams, seed: int) -> tuple[list[Document], list[Document]]:
     """random: a seeded sample of documents; tail: the last documents, eval_fraction of all characters."""
     if len(docs) < 2:
-        raise ValidationFailed(f"{len(docs)} usable document(s) cannot be split into train and eval; add text "
-                               f"(documents are separated by blank lines)")
+        raise ValidationFailed(
+            f"{len(docs)} usable document(s) cannot be split into train and eval; add text "
+            f"(documents are separated by blank lines)"
+        )
     if p.eval_split == "random":
         n_eval = min(len(docs) - 1, max(1, round(len(docs) * p.eval_fraction)))
         chosen = set(random.Random(seed).sample(range(len(docs)), n_eval))
@@ -185,8 +190,11 @@ def drop_leakage(train: list[Document], eval_: list[Document]) -> tuple[list[Doc
         if twin is None:
             keep.append(doc)
         else:
-            leaked.append(Quarantined(doc.file, doc.line, f"leakage: eval document repeats train {twin.file}:{twin.line}",
-                                      doc.text))
+            leaked.append(
+                Quarantined(
+                    doc.file, doc.line, f"leakage: eval document repeats train {twin.file}:{twin.line}", doc.text
+                )
+            )
     return keep, leaked
 
 
@@ -198,7 +206,9 @@ def check_bad_fraction(total: int, quarantine: list[Quarantined], max_fraction: 
         raise TooManyBad(
             f"{', '.join(map(str, files))}: {len(bad)} of {total} documents ({len(bad) / total:.1%}) are unusable, over "
             f"story.prepare.max_bad_fraction={max_fraction}; most common: {common}; first at {first.file}:{first.line} "
-            f"({first.reason}). Each one is in quarantine.jsonl.", quarantine)
+            f"({first.reason}). Each one is in quarantine.jsonl.",
+            quarantine,
+        )
 
 
 def expectations(p: StoryPrepareParams) -> list[Any]:
@@ -209,8 +219,9 @@ def expectations(p: StoryPrepareParams) -> list[Any]:
         gxe.ExpectColumnValuesToNotBeNull(column="text"),
         gxe.ExpectColumnValuesToNotMatchRegex(column="text", regex=r"^\s*$"),
         gxe.ExpectColumnValueLengthsToBeBetween(column="text", min_value=p.min_chars, max_value=p.max_chars),
-        gxe.ExpectColumnValuesToMatchRegex(column="text", regex=rf"\A(?:{p.allowed_chars})*\Z",
-                                           meta={"check": "only story.prepare.allowed_chars"}),
+        gxe.ExpectColumnValuesToMatchRegex(
+            column="text", regex=rf"\A(?:{p.allowed_chars})*\Z", meta={"check": "only story.prepare.allowed_chars"}
+        ),
     ]
 
 
@@ -228,8 +239,11 @@ def validate(splits: dict[str, list[Document]], p: StoryPrepareParams) -> dict[s
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batches = ctx.data_sources.add_pandas("story").add_dataframe_asset("documents") \
+    batches = (
+        ctx.data_sources.add_pandas("story")
+        .add_dataframe_asset("documents")
         .add_batch_definition_whole_dataframe("whole")
+    )
 
     def run(name: str, texts: list[str], suite: list[Any]) -> list[dict[str, Any]]:
         s = ctx.suites.add(gx.ExpectationSuite(name=f"story_{name}", expectations=suite))
@@ -239,8 +253,11 @@ def validate(splits: dict[str, list[Document]], p: StoryPrepareParams) -> dict[s
     checks = []
     for name, docs in splits.items():
         checks += run(name, [d.text for d in docs], expectations(p))
-    checks += run("all", [d.text for docs in splits.values() for d in docs],
-                  [gxe.ExpectColumnValuesToBeUnique(column="text", meta={"check": "no eval text in train"})])
+    checks += run(
+        "all",
+        [d.text for docs in splits.values() for d in docs],
+        [gxe.ExpectColumnValuesToBeUnique(column="text", meta={"check": "no eval text in train"})],
+    )
     return {"success": all(c["success"] for c in checks), "checks": checks}
 
 
@@ -262,5 +279,10 @@ def prepare_corpus(p: StoryPrepareParams, seed: int) -> dict[str, Any]:
     if not eval_:
         raise ValidationFailed(f"{p.source}: every eval document repeats a train document; add text")
     quarantine += dups + leaked
-    return {"files": files, "documents_read": total, "splits": {"train": train, "eval": eval_},
-            "quarantine": quarantine, "validation": validate({"train": train, "eval": eval_}, p)}
+    return {
+        "files": files,
+        "documents_read": total,
+        "splits": {"train": train, "eval": eval_},
+        "quarantine": quarantine,
+        "validation": validate({"train": train, "eval": eval_}, p),
+    }

@@ -15,6 +15,7 @@ Context policy (GPT-2 has learned absolute positions, so nothing may pass n_posi
   start (story_tokenize's stream); an empty prompt is that eos alone. story_evaluate encodes the same way
   (`document_ids`), so the service continues a prompt as the evaluation report does.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,6 +35,7 @@ def document_ids(tokenizer, prompt: str, eos_token_id: int) -> list[int]:
 
 
 # ---------------------------------------------------------------- sampling processors (pure, one sequence)
+
 
 def repetition_penalty(logits: np.ndarray, previous: np.ndarray, penalty: float) -> np.ndarray:
     """CTRL's penalty as transformers applies it: seen tokens' logits divided (positive) or multiplied (negative)."""
@@ -116,6 +118,7 @@ def text_pieces(decode: Callable[[list[int]], str], ids: Iterable[int]) -> Gener
 
 # ---------------------------------------------------------------- the ONNX generator
 
+
 def _config_value(config: dict, *keys: str) -> int:
     for key in keys:
         if key in config:
@@ -161,8 +164,10 @@ class OnnxGenerator:
     def _run(self, ids: np.ndarray, start: int, past: list[np.ndarray] | None) -> tuple[np.ndarray, list]:
         """Logits [b, n, vocab] for ids [b, n] at positions start.., and the cache after them."""
         batch, n = ids.shape
-        feed = {"input_ids": ids.astype(np.int64, copy=False),
-                "attention_mask": np.ones((batch, start + n), dtype=np.int64)}
+        feed = {
+            "input_ids": ids.astype(np.int64, copy=False),
+            "attention_mask": np.ones((batch, start + n), dtype=np.int64),
+        }
         if "position_ids" in self._inputs:
             feed["position_ids"] = np.broadcast_to(np.arange(start, start + n, dtype=np.int64), (batch, n))
         empty = np.repeat(self._empty_past, batch, axis=0) if past is None else None
@@ -181,14 +186,20 @@ class OnnxGenerator:
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """eos and the prompt's tokens, cut to the last context - 1 (see the module docstring)."""
-        return document_ids(self.tokenizer, prompt, self.eos_token_id)[-(self.context - 1):]
+        return document_ids(self.tokenizer, prompt, self.eos_token_id)[-(self.context - 1) :]
 
-    def _steps(self, prompt: str | Sequence[int], max_new_tokens: int, setting: GenerationParams,
-               seed: int | None, ignore_eos: bool) -> Generator[int, None, str]:
+    def _steps(
+        self,
+        prompt: str | Sequence[int],
+        max_new_tokens: int,
+        setting: GenerationParams,
+        seed: int | None,
+        ignore_eos: bool,
+    ) -> Generator[int, None, str]:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         rng = np.random.default_rng(seed)
-        sequence = self.prompt_ids(prompt) if isinstance(prompt, str) else list(prompt)[-(self.context - 1):]
+        sequence = self.prompt_ids(prompt) if isinstance(prompt, str) else list(prompt)[-(self.context - 1) :]
         if not sequence:
             raise ValueError("a prompt given as token ids needs at least one id")
         logits, past = self._run(np.array([sequence]), 0, None)
@@ -205,8 +216,14 @@ class OnnxGenerator:
             logits, past = self._run(np.array([[token]]), len(sequence) - 1, past)
         return "length"
 
-    def token_ids(self, prompt: str | Sequence[int], max_new_tokens: int, setting: GenerationParams,
-                  seed: int | None = None, ignore_eos: bool = False) -> Iterator[int]:
+    def token_ids(
+        self,
+        prompt: str | Sequence[int],
+        max_new_tokens: int,
+        setting: GenerationParams,
+        seed: int | None = None,
+        ignore_eos: bool = False,
+    ) -> Iterator[int]:
         """New token ids as produced (eos ends it and is not yielded). The prompt may also be token ids.
         ignore_eos: fixed-length runs for benchmarks and parity checks."""
         yield from self._steps(prompt, max_new_tokens, setting, seed, ignore_eos)
@@ -214,8 +231,9 @@ class OnnxGenerator:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
-    def stream(self, prompt: str, max_new_tokens: int, setting: GenerationParams,
-               seed: int | None = None) -> Iterator[str]:
+    def stream(
+        self, prompt: str, max_new_tokens: int, setting: GenerationParams, seed: int | None = None
+    ) -> Iterator[str]:
         """Decoded text pieces as produced, never splitting a UTF-8 character."""
         yield from text_pieces(self._decode, self._steps(prompt, max_new_tokens, setting, seed, False))
 
@@ -225,8 +243,13 @@ class OnnxGenerator:
         ids = document_ids(self.tokenizer, prompt, self.eos_token_id)  # tokenized once; _steps keeps the tail
         pieces, (new, reason) = drain(text_pieces(self._decode, self._steps(ids, max_new_tokens, setting, seed, False)))
         seen = min(len(ids), self.context - 1)
-        return {"text": "".join(pieces), "new_tokens": len(new), "finish_reason": reason,
-                "prompt_tokens": seen, "prompt_truncated": len(ids) - seen}
+        return {
+            "text": "".join(pieces),
+            "new_tokens": len(new),
+            "finish_reason": reason,
+            "prompt_tokens": seen,
+            "prompt_truncated": len(ids) - seen,
+        }
 
 
 def drain(generator: Generator) -> tuple[list, object]:

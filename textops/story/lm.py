@@ -4,6 +4,7 @@ the generation settings and text statistics that evaluate reports.
 Perplexity everywhere (evaluate in PyTorch, story_quantize in ONNX) is exp of the mean next-token
 cross-entropy over every position of every block of `eval_blocks(eval.npy, context)`.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,10 @@ def eval_blocks(tokens: np.ndarray, context: int) -> np.ndarray:
     """Non-overlapping windows of `context` tokens, [n, context]; the last partial window is dropped."""
     n = len(tokens) // context
     if n == 0:
-        raise PipelineError(f"{len(tokens)} eval tokens are fewer than one block of story.model.context={context}; "
-                            f"raise story.prepare.eval_fraction or lower the context")
+        raise PipelineError(
+            f"{len(tokens)} eval tokens are fewer than one block of story.model.context={context}; "
+            f"raise story.prepare.eval_fraction or lower the context"
+        )
     return np.asarray(tokens[: n * context], dtype=np.int64).reshape(n, context)
 
 
@@ -43,8 +46,10 @@ def next_token_nll(logits: np.ndarray, ids: np.ndarray) -> float:
 
 def mean_loss(logits_of: Callable[[np.ndarray], np.ndarray], blocks: np.ndarray, batch_size: int) -> float:
     """Mean next-token loss over all blocks; `logits_of` maps int64 ids [b, n] to logits [b, n, vocab]."""
-    total = sum(next_token_nll(logits_of(blocks[i:i + batch_size]), blocks[i:i + batch_size])
-                for i in range(0, len(blocks), batch_size))
+    total = sum(
+        next_token_nll(logits_of(blocks[i : i + batch_size]), blocks[i : i + batch_size])
+        for i in range(0, len(blocks), batch_size)
+    )
     return total / (blocks.shape[0] * (blocks.shape[1] - 1))
 
 
@@ -68,10 +73,19 @@ def build_model(m: StoryModelParams, vocab_size: int, tokenizer):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if m.base is None:
-        config = GPT2Config(vocab_size=vocab_size, n_positions=m.context, n_embd=m.n_embd, n_layer=m.n_layer,
-                            n_head=m.n_head, resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id)
+        config = GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=m.context,
+            n_embd=m.n_embd,
+            n_layer=m.n_layer,
+            n_head=m.n_head,
+            resid_pdrop=m.dropout,
+            embd_pdrop=m.dropout,
+            attn_pdrop=m.dropout,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         return GPT2LMHeadModel(config)
     return pretrained_model(m, vocab_size)
 
@@ -84,8 +98,10 @@ def pretrained_model(m: StoryModelParams, vocab_size: int):
     try:
         model = AutoModelForCausalLM.from_pretrained(resolve_model(m.base))
     except OSError as error:
-        raise PipelineError(f"story.model.base '{m.base}': could not load it ({error}). Offline? Use a local "
-                            f"folder, or null to train from scratch.") from None
+        raise PipelineError(
+            f"story.model.base '{m.base}': could not load it ({error}). Offline? Use a local "
+            f"folder, or null to train from scratch."
+        ) from None
     if model.config.model_type != "gpt2":
         raise PipelineError(f"story.model.base '{m.base}' is a {model.config.model_type}, not a GPT-2 model")
     if m.context > model.config.n_positions:
@@ -104,15 +120,19 @@ def generation_config(g: GenerationParams, max_new_tokens: int, eos_id: int):
     """A GenerationConfig for one strategy; top_k 0 is set explicitly (transformers' default is 50)."""
     from transformers import GenerationConfig
 
-    common = {"max_new_tokens": max_new_tokens, "eos_token_id": eos_id, "pad_token_id": eos_id,
-              "repetition_penalty": g.repetition_penalty}
+    common = {
+        "max_new_tokens": max_new_tokens,
+        "eos_token_id": eos_id,
+        "pad_token_id": eos_id,
+        "repetition_penalty": g.repetition_penalty,
+    }
     if not g.do_sample:
         return GenerationConfig(do_sample=False, **common)
     return GenerationConfig(do_sample=True, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, **common)
 
 
 def ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
 def distinct(texts: list[str], n: int) -> float:

@@ -4,6 +4,7 @@ predict(DataFrame with a `prompt` column, params={max_new_tokens, seed, do_sampl
 repetition_penalty}) -> DataFrame(text, new_tokens, finish_reason, prompt_tokens, prompt_truncated).
 The registry gate reaches the loaded generator itself (`unwrap_python_model().generator`) to score perplexity.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -45,7 +46,9 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         setting, max_new_tokens, seed = settings_of(params)
-        return pd.DataFrame([self.generator.generate(p, max_new_tokens, setting, seed) for p in prompts_of(model_input)])
+        return pd.DataFrame(
+            [self.generator.generate(p, max_new_tokens, setting, seed) for p in prompts_of(model_input)]
+        )
 
 
 def example(package_dir) -> tuple[pd.DataFrame, pd.DataFrame, dict]:

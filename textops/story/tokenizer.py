@@ -7,6 +7,7 @@ char and bpe tokenizers put <|endoftext|> before a text when asked for special t
 as the model saw it at every document start: `tokenizer(prompt)` conditions a generation on "a new
 story begins". Token streams for training are encoded without it and joined with it instead.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -27,11 +28,19 @@ def wrap(backend, unk: str | None = None):
     from transformers import PreTrainedTokenizerFast
 
     eos_id = backend.token_to_id(EOS)
-    backend.post_processor = TemplateProcessing(single=f"{EOS} $A", pair=f"{EOS} $A {EOS} $B",
-                                                special_tokens=[(EOS, eos_id)])
+    backend.post_processor = TemplateProcessing(
+        single=f"{EOS} $A", pair=f"{EOS} $A {EOS} $B", special_tokens=[(EOS, eos_id)]
+    )
     # clean_up_tokenization_spaces would turn "a ." into "a." on decode: text must come back exactly.
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=EOS, eos_token=EOS, pad_token=EOS,
-                                   unk_token=unk, model_input_names=INPUT_NAMES, clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=EOS,
+        eos_token=EOS,
+        pad_token=EOS,
+        unk_token=unk,
+        model_input_names=INPUT_NAMES,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def char_tokenizer(texts: Iterable[str]):
@@ -52,8 +61,13 @@ def bpe_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int):
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # a prefix space would not decode away
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     backend.train_from_iterator(texts, trainer=trainer)
     return wrap(backend)
 
@@ -63,8 +77,10 @@ def base_tokenizer(base: str):
 
     tokenizer = load_tokenizer(base)
     if tokenizer.eos_token is None:
-        raise PipelineError(f"story.model.base '{base}': its tokenizer has no eos token to separate documents; "
-                            f"use story.tokenize.kind bpe or char")
+        raise PipelineError(
+            f"story.model.base '{base}': its tokenizer has no eos token to separate documents; "
+            f"use story.tokenize.kind bpe or char"
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.model_input_names = INPUT_NAMES

@@ -1,0 +1,1 @@
+"""Orchestration benches: the Prefect flow's overhead against a local Prefect server."""

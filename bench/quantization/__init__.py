@@ -1,0 +1,1 @@
+"""Quantization benches: INT8 schemes, per-layer INT8 sensitivity, Hub-shaped random models."""

@@ -1,0 +1,1 @@
+"""Tracking benches: screenshots of the MLflow UI (a shell script)."""

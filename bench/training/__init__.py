@@ -1,0 +1,1 @@
+"""Training benches: SST-2 against a plain Trainer, head and LoRA sweeps, the story task (Shakespeare, TinyStories)."""

@@ -1,0 +1,67 @@
+"""What both train stages share: resuming from checkpoints, and the model's MLflow run around training."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from textops import cli
+from textops.tracking import ModelRun, numeric, write_run_id
+
+log = logging.getLogger("textops.training")
+
+
+def last_checkpoint(checkpoints: Path, stamp_value: str) -> str | None:
+    """The newest complete checkpoint of this exact run, or None (stale ones are cleared)."""
+    stamp = checkpoints / "fingerprint.txt"
+    if checkpoints.is_dir() and (not stamp.is_file() or stamp.read_text() != stamp_value):
+        log.info("clearing checkpoints of a different run in %s", checkpoints)
+        shutil.rmtree(checkpoints)
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(stamp_value)
+    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for candidate in found:
+        # trainer_state.json is written last: a kill in mid-save leaves a checkpoint without it.
+        if (candidate / "trainer_state.json").is_file():
+            return str(candidate)
+        log.info("ignoring incomplete checkpoint %s", candidate)
+        shutil.rmtree(candidate)
+    return None
+
+
+def record_training(
+    tracker: ModelRun,
+    train_model: Callable[[], dict],
+    curves_of: Callable,
+    out: Path,
+    checkpoints: Path,
+    curve: Path,
+    metrics: Path,
+    report_file: Path,
+    headline: tuple[str, ...],
+) -> None:
+    """Both train stages' tail: train inside the model's MLflow run (failed if training raises), then the
+    curves as DVC plots, the report (its `headline` keys also as the metrics file), the run id beside the
+    model; checkpoints cleared."""
+    try:
+        result = train_model()
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    loss_curve, eval_curve = curves_of(result["log_history"])
+    curve.mkdir(parents=True, exist_ok=True)
+    loss_curve.to_csv(curve / "loss.csv", index=False)
+    eval_curve.to_csv(curve / "eval.csv", index=False)
+    report = result["metrics"]
+    cli.write_results(report_file, metrics, report, {key: report[key] for key in headline})
+    tracker.log_curve(result["log_history"])
+    tracker.log_metrics(numeric("train", result["metrics"]))
+    if tracker.run_id:
+        write_run_id(out, tracker.run_id, tracker.uri)
+    tracker.finish()
+    # A finished run needs no checkpoints: keep only the fingerprint, so a rerun starts clean.
+    for stale in checkpoints.glob("checkpoint-*"):
+        shutil.rmtree(stale)
+    log.info("done: %s", result["metrics"])
