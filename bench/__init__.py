@@ -1,5 +1,5 @@
 """Benchmarks, by area (index: bench/README.md). Run them as modules from the repository root,
-e.g. `python -m bench.serving.load_test`, like the stages (`python -m stages.train`)."""
+e.g. `python -m bench.serving.load_test`, like the stages (`python -m stages.sentiment_train`)."""
 
 from __future__ import annotations
 

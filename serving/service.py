@@ -34,7 +34,7 @@ from textops.params import load_params
 log = logging.getLogger("bentoml.service.sentiment")
 # Read beside this file, so the repository and a built Bento (which includes params.yaml) agree.
 PARAMS = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-SERVE = PARAMS.serve
+SERVE = PARAMS.sentiment.serve
 batching.use(SERVE.batch_wait)  # before BentoML builds the app's dispatchers (see serving/batching.py)
 quiet_client_errors()  # 4xx: one log line, not a traceback (serving/limits.py)
 WARMUP = ["a warm-up sentence .", "another , somewhat longer warm-up sentence so shapes vary a little ."]
@@ -108,7 +108,7 @@ async def metadata(request: Request) -> JSONResponse:
     name="sentiment", workers=SERVE.workers, traffic={"timeout": 60}, logging={"access": {"enabled": SERVE.access_log}}
 )
 class Sentiment(Hosted):
-    model_ref = RegistryModel(PARAMS.package.model_name, SERVE.alias)
+    model_ref = RegistryModel(PARAMS.sentiment.package.model_name, SERVE.alias)
 
     def __init__(self) -> None:
         self.host(load, SERVE.poll_interval_s, log)

@@ -4,7 +4,7 @@ In:  --int8 (INT8 ONNX with KV cache + tokenizer), --{prepare,train,evaluate,qua
      --model (the FP32 model: its MLflow run id, and an artifact of the registered version).
 Out: --out: model.onnx (INT8), config.json, tokenizer files, MODEL_CARD.md, manifest.json (sha256 and size of
      every file, the git commit, the data hash).
-Params: story.* (written into the model card); the INT8 gate is re-checked from the quantize report.
+Params: the story sections that shape the model (written into the model card; dvc.yaml lists them); the INT8 gate is re-checked from the quantize report.
 MLflow: registers the folder as a new version of story.package.model_name (pyfunc over our decoding loop),
 aliased `challenger`, with the gate evidence as version tags (python -m textops.promote gate --task story).
 Run: python -m stages.story_package --model M --int8 I --prepare-report ... --out ... (dvc.yaml passes the paths)

@@ -5,7 +5,7 @@ Out: --out/tokenizer/ (PreTrainedTokenizerFast; eos = bos = pad = <|endoftext|>)
      (1-D int32: each split's documents with the eos id between them), report.md (tokens per word
      against the sentiment model's WordPiece); --report-file (vocabulary, token counts, round-trip check).
      --metrics: the report's headline numbers (dvc metrics show).
-Params: story.tokenize.* (kind char, bpe or base), story.model.base (kind base), model.name (the
+Params: story.tokenize.* (kind char, bpe or base), story.model.base (kind base), sentiment.model.name (the
         WordPiece compared against).
 Run: python -m stages.story_tokenize --prepared ... --out ... --metrics ... --report-file ... (dvc.yaml passes the paths)
 """
@@ -97,7 +97,7 @@ def run(params: Params, prepared: Path, out: Path, metrics: Path, report_file: P
     for split, stream in streams.items():
         np.save(out / f"{split}.npy", stream)
     try:
-        wordpiece, why_missing = load_tokenizer(params.model.name), ""
+        wordpiece, why_missing = load_tokenizer(params.sentiment.model.name), ""
     except PipelineError as error:  # the comparison is a report, not a reason to stop the story task
         wordpiece, why_missing = None, str(error)
     report = {
@@ -113,13 +113,17 @@ def run(params: Params, prepared: Path, out: Path, metrics: Path, report_file: P
         else 0,
         "eval_roundtrip_failures": roundtrip_failures(tokenizer, docs["eval"]),
     }
-    rows = comparison(tokenizer, wordpiece, params.model.name, params.story.tokenize.compare_sentences, docs["eval"])
+    rows = comparison(
+        tokenizer, wordpiece, params.sentiment.model.name, params.story.tokenize.compare_sentences, docs["eval"]
+    )
     report["tokens_per_word"] = {
         "story_eval": rows[-1]["story"],
-        "sentiment_eval": rows[-1][params.model.name],
-        "sentiment_model": params.model.name,
+        "sentiment_eval": rows[-1][params.sentiment.model.name],
+        "sentiment_model": params.sentiment.model.name,
     }
-    (out / "report.md").write_text(render_report(report, rows, params.model.name, why_missing), encoding="utf-8")
+    (out / "report.md").write_text(
+        render_report(report, rows, params.sentiment.model.name, why_missing), encoding="utf-8"
+    )
     cli.write_results(report_file, metrics, report, headline(report))
     log.info("%s", report)
 

@@ -108,14 +108,15 @@ def tiny_data(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def params_for(repo_params_raw, tiny_model_dir):
-    """Repository params with the tiny model, a given source, and section__key overrides."""
+    """Repository params with the tiny model, a given source, and section__key overrides of the sentiment task's
+    sections (orchestrate__key for the shared one)."""
 
     def make(source: Path | str, **overrides) -> Params:
         raw = copy.deepcopy(repo_params_raw)
-        raw["model"]["name"] = str(tiny_model_dir)
-        raw["model"]["max_length"] = 16
-        raw["prepare"]["source"] = str(source)
-        raw["train"].update(
+        raw["sentiment"]["model"]["name"] = str(tiny_model_dir)
+        raw["sentiment"]["model"]["max_length"] = 16
+        raw["sentiment"]["prepare"]["source"] = str(source)
+        raw["sentiment"]["train"].update(
             epochs=3,
             batch_size=8,
             learning_rate=3e-3,
@@ -124,15 +125,18 @@ def params_for(repo_params_raw, tiny_model_dir):
             logging_steps=5,
             warmup_ratio=0.0,
         )
-        raw["evaluate"]["attention_sentences"] = ["the film was good", "a dull plot"]
-        raw["evaluate"]["min_accuracy"] = 0.0
-        raw["quantize"].update(latency_requests=10, latency_warmup=2, min_agreement=0.0, max_accuracy_drop=1.0)
+        raw["sentiment"]["evaluate"]["attention_sentences"] = ["the film was good", "a dull plot"]
+        raw["sentiment"]["evaluate"]["min_accuracy"] = 0.0
+        raw["sentiment"]["quantize"].update(
+            latency_requests=10, latency_warmup=2, min_agreement=0.0, max_accuracy_drop=1.0
+        )
         for key, value in overrides.items():
             section, _, name = key.partition("__")
+            target = raw if section == "orchestrate" else raw["sentiment"]
             if name:
-                raw[section][name] = value
+                target[section][name] = value
             else:
-                raw[section] = value
+                target[section] = value
         return parse_params(raw)
 
     return make
@@ -150,7 +154,12 @@ def run_all_stages(root: Path, params: Params) -> dict:
     """prepare -> package in DAG order into `root`, as dvc repro would; returns the paths and metrics."""
     import json
 
-    from stages import evaluate, package, prepare, quantize, tokenize, train
+    from stages import sentiment_evaluate as evaluate
+    from stages import sentiment_package as package
+    from stages import sentiment_prepare as prepare
+    from stages import sentiment_quantize as quantize
+    from stages import sentiment_tokenize as tokenize
+    from stages import sentiment_train as train
     from textops.params import for_stage
 
     def view(stage: str) -> Params:  # what the stage may read: the keys dvc.yaml lists for it, nothing else
@@ -163,13 +172,20 @@ def run_all_stages(root: Path, params: Params) -> dict:
     steps = ("prepare", "tokenize", "train", "evaluate", "quantize")
     m = {name: root / "metrics" / f"{name}.json" for name in steps}  # headline numbers
     r = {name: root / "reports" / f"{name}.json" for name in steps}  # whole reports
-    prepare.run(view("prepare"), p["prepared"], m["prepare"], r["prepare"])
-    tokenize.run(view("tokenize"), p["prepared"], p["tokenized"], m["tokenize"], r["tokenize"])
+    prepare.run(view("sentiment_prepare"), p["prepared"], m["prepare"], r["prepare"])
+    tokenize.run(view("sentiment_tokenize"), p["prepared"], p["tokenized"], m["tokenize"], r["tokenize"])
     train.run(
-        view("train"), p["tokenized"], r["prepare"], p["model"], p["checkpoints"], p["curve"], m["train"], r["train"]
+        view("sentiment_train"),
+        p["tokenized"],
+        r["prepare"],
+        p["model"],
+        p["checkpoints"],
+        p["curve"],
+        m["train"],
+        r["train"],
     )
     evaluate.run(
-        view("evaluate"),
+        view("sentiment_evaluate"),
         p["model"],
         p["prepared"],
         m["evaluate"],
@@ -177,9 +193,18 @@ def run_all_stages(root: Path, params: Params) -> dict:
         p["figures"],
         r["evaluate"],
     )
-    quantize.run(view("quantize"), p["model"], p["prepared"], p["fp32"], p["int8"], m["quantize"], r["quantize"])
+    quantize.run(
+        view("sentiment_quantize"), p["model"], p["prepared"], p["fp32"], p["int8"], m["quantize"], r["quantize"]
+    )
     package.run(
-        view("package"), p["model"], p["int8"], r["prepare"], r["train"], r["evaluate"], r["quantize"], p["package"]
+        view("sentiment_package"),
+        p["model"],
+        p["int8"],
+        r["prepare"],
+        r["train"],
+        r["evaluate"],
+        r["quantize"],
+        p["package"],
     )
     return {
         "params": params,

@@ -158,6 +158,32 @@ class ServeParams(Section):
     access_log: bool  # BentoML's per-request log line: ~2 ms of CPU per request here
 
 
+class SentimentParams(Section):
+    """The sentiment task (params.yaml: sentiment.*)."""
+
+    seed: int
+    labels: list[str] = Field(min_length=2)
+    model: ModelParams
+    prepare: PrepareParams
+    tokenize: TokenizeParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    quantize: QuantizeParams
+    package: PackageParams
+    tracking: TrackingParams
+    promote: PromoteParams
+    serve: ServeParams
+
+    @model_validator(mode="after")
+    def _label_map_targets_known(self) -> SentimentParams:
+        unknown = sorted(set(self.prepare.label_map.values()) - set(self.labels))
+        if unknown:
+            raise ValueError(f"sentiment.prepare.label_map maps to {unknown}, which are not in labels {self.labels}")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"sentiment.labels holds duplicates: {self.labels}")
+        return self
+
+
 # ---------------------------------------------------------------- the story task (params.yaml: story.*)
 
 
@@ -289,29 +315,9 @@ class StoryParams(Section):
 
 
 class Params(Section):
-    seed: int
-    labels: list[str] = Field(min_length=2)
-    model: ModelParams
-    prepare: PrepareParams
-    tokenize: TokenizeParams
-    train: TrainParams
-    evaluate: EvaluateParams
-    quantize: QuantizeParams
-    package: PackageParams
-    tracking: TrackingParams
-    promote: PromoteParams
     orchestrate: OrchestrateParams
-    serve: ServeParams
+    sentiment: SentimentParams
     story: StoryParams
-
-    @model_validator(mode="after")
-    def _label_map_targets_known(self) -> Params:
-        unknown = sorted(set(self.prepare.label_map.values()) - set(self.labels))
-        if unknown:
-            raise ValueError(f"prepare.label_map maps to {unknown}, which are not in labels {self.labels}")
-        if len(set(self.labels)) != len(self.labels):
-            raise ValueError(f"labels holds duplicates: {self.labels}")
-        return self
 
 
 def _describe(error: ValidationError, path: Path) -> str:

@@ -80,7 +80,7 @@ def _columns(path: Path, header: list[str], text_column: str, label_column: str)
     if missing:
         raise SourceError(
             f"{path}: missing column(s) {missing}; the header has {header} "
-            f"(set prepare.text_column / prepare.label_column)"
+            f"(set sentiment.prepare.text_column / sentiment.prepare.label_column)"
         )
     return header.index(text_column), header.index(label_column)
 
@@ -220,7 +220,7 @@ def locate(source: str, cache_dir: Path | None = None) -> dict[str, Path]:
     if HUB_ID.match(source) and not looks_local:
         return locate(str(download_hub_dataset(source, cache_dir)))
     raise SourceError(
-        f"prepare.source '{source}': no such file or folder (and not a Hub dataset id like 'stanfordnlp/sst2')"
+        f"sentiment.prepare.source '{source}': no such file or folder (and not a Hub dataset id like 'stanfordnlp/sst2')"
     )
 
 
@@ -236,8 +236,8 @@ def download_hub_dataset(repo_id: str, cache_dir: Path | None = None) -> Path:
         )
     except Exception as error:
         raise SourceError(
-            f"prepare.source '{repo_id}': could not download it from the Hugging Face Hub "
-            f"({type(error).__name__}: {error}). Offline? Point prepare.source at a local file or folder."
+            f"sentiment.prepare.source '{repo_id}': could not download it from the Hugging Face Hub "
+            f"({type(error).__name__}: {error}). Offline? Point sentiment.prepare.source at a local file or folder."
         ) from None
 
 

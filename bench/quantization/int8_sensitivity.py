@@ -41,7 +41,7 @@ def main() -> None:
     from transformers import AutoConfig
 
     params = load_params(ROOT / "params.yaml")
-    q, max_length = params.quantize, params.model.max_length
+    q, max_length = params.sentiment.quantize, params.sentiment.model.max_length
     texts = list(pd.read_parquet(args.eval)["text"])
     reference = TorchClassifier(args.model, max_length).predict_proba(texts)
     config_name = choose_config(q.config, cpu_flags(), platform.machine())

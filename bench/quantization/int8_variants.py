@@ -155,10 +155,10 @@ def main() -> None:
     from textops.onnx_export import choose_config, cpu_flags, export_and_quantize
 
     params = load_params(ROOT / "params.yaml")
-    q, max_length = params.quantize, params.model.max_length
+    q, max_length = params.sentiment.quantize, params.sentiment.model.max_length
     frame = pd.read_parquet(args.eval)
     texts = list(frame["text"])
-    labels = np.array([params.labels.index(y) for y in frame["label"]])
+    labels = np.array([params.sentiment.labels.index(y) for y in frame["label"]])
     config = AutoConfig.from_pretrained(args.model)
     work = Path(tempfile.mkdtemp(prefix="int8-variants-"))
     export_and_quantize(

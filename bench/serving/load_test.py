@@ -290,9 +290,11 @@ def main() -> None:
             from textops.tracking import connect
 
             connect()
-            registry.force(params.package.model_name, restore, "bench.serving.load_test: restore after hot swap")
+            registry.force(
+                params.sentiment.package.model_name, restore, "bench.serving.load_test: restore after hot swap"
+            )
     if args.skip_naive:
-        print(f"batch_wait={params.serve.batch_wait}\n{table({'bento (INT8, batched)': bento_rows})}")
+        print(f"batch_wait={params.sentiment.serve.batch_wait}\n{table({'bento (INT8, batched)': bento_rows})}")
         return
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -9,11 +9,13 @@ from pathlib import Path
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument(
+        "--reports", type=Path, required=True, help="the stages' reports folder (outputs/sentiment/reports)"
+    )
     ap.add_argument("--plain", default="none")
     ap.add_argument("--wall", type=float, required=True)
     args = ap.parse_args()
-    m = {k: json.loads((args.metrics / f"{k}.json").read_text()) for k in ("prepare", "train", "evaluate", "quantize")}
+    m = {k: json.loads((args.reports / f"{k}.json").read_text()) for k in ("prepare", "train", "evaluate", "quantize")}
     q, t = m["quantize"], m["train"]
     lat = q["latency_ms"]
     rows = [

@@ -35,11 +35,12 @@ def main() -> None:
     from transformers import DataCollatorWithPadding, set_seed
 
     base = load_params(ROOT / "params.yaml")
-    params = base.model_copy(
+    s = base.sentiment
+    sentiment = s.model_copy(
         update={
             "seed": args.seed,
-            "model": base.model.model_copy(update={"pooling": args.pooling}),
-            "train": base.train.model_copy(
+            "model": s.model.model_copy(update={"pooling": args.pooling}),
+            "train": s.train.model_copy(
                 update={
                     "epochs": 1,
                     "batch_size": args.batch,
@@ -50,14 +51,15 @@ def main() -> None:
             ),
         }
     )
-    tokenizer = load_tokenizer(params.model.name)
-    set_seed(params.seed)  # before the head is drawn, as the stage does
+    params = base.model_copy(update={"sentiment": sentiment})
+    tokenizer = load_tokenizer(params.sentiment.model.name)
+    set_seed(params.sentiment.seed)  # before the head is drawn, as the stage does
     model = build_model(params)
     train = TokenDataset(pd.read_parquet(args.tokenized / "train.parquet"))
     dev = TokenDataset(pd.read_parquet(args.tokenized / "eval.parquet"))
     with tempfile.TemporaryDirectory() as out:
         trainer = make_trainer(
-            params.train.head_learning_rate,
+            params.sentiment.train.head_learning_rate,
             model=model,
             args=training_args(params, Path(out), "fp32"),
             train_dataset=train,
@@ -73,7 +75,7 @@ def main() -> None:
         json.dumps(
             {
                 **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "model": params.model.name,
+                "model": params.sentiment.model.name,
                 "dev_accuracy": round(result["eval_accuracy"], 4),
                 "train_s": round(train_s),
             }

@@ -1,4 +1,4 @@
-"""Full fine-tuning against LoRA (train.method full / lora), through the pipeline's own stages, for both tasks.
+"""Full fine-tuning against LoRA (sentiment.train.method / story.train.method full or lora), through the pipeline's own stages, for both tasks.
 
 sentiment  MiniLM (model.name from params.yaml) on an SST-2 subsample (--sst2-rows training rows,
            --sst2-epochs), accuracy on the full SST-2 dev set by the evaluate stage (on the saved,
@@ -56,6 +56,8 @@ NEVER = 10**9  # eval_steps / save_steps: no evaluation or checkpoint inside the
 def stage(name: str, params: Path, logs: Path, **paths: Path) -> None:
     """One stage as dvc repro would run it; its log goes to logs/<name>.log, a failure stops the bench."""
     cmd = [sys.executable, "-m", f"stages.{name}", "--params", str(params)]
+    if "metrics" in paths:  # the bench reads whole reports; the headline numbers go beside them
+        paths["report_file"], paths["metrics"] = paths["metrics"], paths["metrics"].with_suffix(".metrics.json")
     for flag, path in paths.items():
         cmd += [f"--{flag.replace('_', '-')}", str(path)]
     log = logs / f"{name}-{params.stem}.log"
@@ -112,40 +114,47 @@ def sentiment(args, base: dict, work: Path) -> list[dict]:
     print("sentiment: MiniLM on SST-2, full vs LoRA", flush=True)
     work.mkdir(parents=True, exist_ok=True)
     common = {
-        "prepare.source": str(args.data / "sst2"),
-        "prepare.max_train_rows": args.sst2_rows,
-        "train.epochs": args.sst2_epochs,
-        "train.batch_size": args.sst2_batch,
-        "train.eval_steps": NEVER,
-        "train.save_steps": NEVER,
-        "tracking.enabled": False,
-        "evaluate.min_accuracy": 0.0,
+        "sentiment.prepare.source": str(args.data / "sst2"),
+        "sentiment.prepare.max_train_rows": args.sst2_rows,
+        "sentiment.train.epochs": args.sst2_epochs,
+        "sentiment.train.batch_size": args.sst2_batch,
+        "sentiment.train.eval_steps": NEVER,
+        "sentiment.train.save_steps": NEVER,
+        "sentiment.tracking.enabled": False,
+        "sentiment.evaluate.min_accuracy": 0.0,
     }
     # prepare and tokenize read no train.* key: one run serves every training
     p = params_file(base, work / "sentiment-data.yaml", common)
-    stage("prepare", p, work, out=work / "prepared", metrics=work / "prepare.json")
-    stage("tokenize", p, work, prepared=work / "prepared", out=work / "tokenized", metrics=work / "tokenize.json")
+    stage("sentiment_prepare", p, work, out=work / "prepared", metrics=work / "prepare.json")
+    stage(
+        "sentiment_tokenize",
+        p,
+        work,
+        prepared=work / "prepared",
+        out=work / "tokenized",
+        metrics=work / "tokenize.json",
+    )
     rows = []
     for method, lr in runs(args.sst2_full_lr, args.sst2_lora_lr):
         p = params_file(
             base,
             work / f"sentiment-{method}-{lr:g}.yaml",
-            {**common, "train.method": method, "train.learning_rate": lr},
+            {**common, "sentiment.train.method": method, "sentiment.train.learning_rate": lr},
         )
         m = work / f"{method}-{lr:g}"
         stage(
-            "train",
+            "sentiment_train",
             p,
             work,
             tokenized=work / "tokenized",
-            prepare_metrics=work / "prepare.json",
+            prepare_report=work / "prepare.json",
             out=m / "model",
             checkpoints=m / "checkpoints",
             curve=m / "curve",
             metrics=m / "train.json",
         )
         stage(
-            "evaluate",
+            "sentiment_evaluate",
             p,
             work,
             model=m / "model",
@@ -206,7 +215,7 @@ def stories_model(args, base: dict, work: Path) -> Path:
         p,
         s,
         tokenized=s / "tokenized",
-        prepare_metrics=s / "prepare.json",
+        prepare_report=s / "prepare.json",
         out=s / "model",
         checkpoints=s / "checkpoints",
         curve=s / "curve",
@@ -262,7 +271,7 @@ def story(args, base: dict, work: Path) -> list[dict]:
             p,
             sh,
             tokenized=sh / "tokenized",
-            prepare_metrics=sh / "prepare.json",
+            prepare_report=sh / "prepare.json",
             out=m / "model",
             checkpoints=m / "checkpoints",
             curve=m / "curve",

@@ -4,7 +4,7 @@
 # Prints the comparison (bench/training/compare_sst2.py). About 15 minutes on 2 cores.
 # Run: bash bench/training/sst2.sh [train_rows] [epochs] [key=value ...]
 # The long run (full train, 3 epochs, ~28 min; FP32 0.901 with lr 5e-5, 0.888 with 1e-4: sst2_full_3epochs.md):
-#   SKIP_PLAIN=1 bash bench/training/sst2.sh all 3 train.batch_size=32 train.learning_rate=5e-5 train.eval_steps=1000 train.save_steps=1000
+#   SKIP_PLAIN=1 bash bench/training/sst2.sh all 3 sentiment.train.batch_size=32 sentiment.train.learning_rate=5e-5 sentiment.train.eval_steps=1000 sentiment.train.save_steps=1000
 # The SST-2 recipe here: batch 16, lr 1e-4 (a sweep on 20,000 rows, one epoch, FP32 dev accuracy:
 # batch 32 lr 1e-4 0.880, batch 32 lr 2e-4 0.845, batch 16 lr 5e-5 0.875, batch 16 lr 1e-4 0.882).
 set -euo pipefail
@@ -12,7 +12,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 rows=${1:-20000}
 epochs=${2:-1}
 shift 2 2>/dev/null || shift $#
-extra=(-S train.batch_size=16 -S train.learning_rate=1e-4)
+extra=(-S sentiment.train.batch_size=16 -S sentiment.train.learning_rate=1e-4)
 for kv in "$@"; do extra+=(-S "$kv"); done
 data=$(cd "$repo/../shared/data/sst2" && pwd)
 work=$(mktemp -d /tmp/sst2-bench.XXXXXX)
@@ -21,10 +21,10 @@ cd "$work/repo"
 export HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true
 max_rows=$([ "$rows" = all ] && echo null || echo "$rows")
 start=$(date +%s)
-# A failed gate stops dvc (quantize's metrics are written first); the baseline and the comparison still run.
+# A failed gate stops dvc (quantize's report is written first); the baseline and the comparison still run.
 status=0
-dvc exp run -S "prepare.source=$data" -S "prepare.max_train_rows=$max_rows" -S "train.epochs=$epochs" \
-  -S quantize.min_agreement=0.99 -S quantize.max_accuracy_drop=0.005 "${extra[@]}" 2>&1 | grep -vE "it/s\]|s/it\]" | tail -40 \
+dvc exp run -S "sentiment.prepare.source=$data" -S "sentiment.prepare.max_train_rows=$max_rows" \
+  -S "sentiment.train.epochs=$epochs" -S sentiment.quantize.min_agreement=0.99 -S sentiment.quantize.max_accuracy_drop=0.005 "${extra[@]}" 2>&1 | grep -vE "it/s\]|s/it\]" | tail -40 \
   || status=$?
 [ "$status" = 0 ] || echo "the pipeline stopped (exit $status): see the gate message above"
 wall=$(( $(date +%s) - start ))
@@ -36,5 +36,5 @@ if [ "${SKIP_PLAIN:-0}" != 1 ]; then
     --out "$work/plain" 2>/dev/null | tail -1 > "$work/plain.json"
   plain="$work/plain.json"
 fi
-python -m bench.training.compare_sst2 --metrics outputs/sentiment/metrics --plain "$plain" --wall "$wall"
+python -m bench.training.compare_sst2 --reports outputs/sentiment/reports --plain "$plain" --wall "$wall"
 echo "work folder: $work (delete when done)"

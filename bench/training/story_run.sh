@@ -35,7 +35,7 @@ import json, sys
 from pathlib import Path
 
 m = {s: json.loads(p.read_text()) for s in ("prepare", "tokenize", "train", "evaluate")
-     if (p := Path(f"outputs/story/metrics/{s}.json")).is_file()}
+     if (p := Path(f"outputs/story/reports/{s}.json")).is_file()}
 rows = []
 if "prepare" in m:
     rows += [("documents train / eval", f"{m['prepare']['documents']['train']} / {m['prepare']['documents']['eval']}"),

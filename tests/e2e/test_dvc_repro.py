@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-SENTIMENT = ["prepare", "tokenize", "train", "evaluate", "quantize", "package"]
-STORY = [f"story_{s}" for s in SENTIMENT]
+STEPS = ["prepare", "tokenize", "train", "evaluate", "quantize", "package"]
+SENTIMENT = [f"sentiment_{s}" for s in STEPS]
+STORY = [f"story_{s}" for s in STEPS]
 STAGES = SENTIMENT + STORY
 pytestmark = pytest.mark.slow
 
@@ -112,8 +113,8 @@ def test_second_repro_has_nothing_to_do(repo, first):
 
 def test_quantize_param_reruns_only_quantize_and_package(repo, first):
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["quantize"]["latency_requests"] = 50
+    params["sentiment"]["quantize"]["latency_requests"] = 50
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run(["dvc", "repro"], repo)
     assert changed.returncode == 0, changed.stderr[-3000:]
-    assert ran(changed) == ["quantize", "package"]
+    assert ran(changed) == ["sentiment_quantize", "sentiment_package"]

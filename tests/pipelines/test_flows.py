@@ -14,7 +14,8 @@ from pipelines.serve import deployment
 from textops import dag, tasks
 from textops.dag import stage_order
 
-STAGES = ["prepare", "tokenize", "train", "evaluate", "quantize", "package"]
+STEPS = ["prepare", "tokenize", "train", "evaluate", "quantize", "package"]
+STAGES = [f"sentiment_{s}" for s in STEPS]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,12 +42,14 @@ def tiny_repo(tmp_path_factory, tiny_model_dir) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("flowrepo"))
     data = write_tsv(repo / "data" / "tiny.tsv", sentences(80))
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["model"].update(name=str(tiny_model_dir), max_length=16)
-    params["prepare"]["source"] = "data/tiny.tsv"
-    params["train"].update(epochs=3, batch_size=8, learning_rate=3e-3, warmup_ratio=0.0)
-    params["evaluate"]["attention_sentences"] = ["a dull plot"]
-    params["quantize"].update(latency_requests=10, latency_warmup=1, min_agreement=0.0, max_accuracy_drop=1.0)
-    params["promote"].update(max_latency_ms=1000)
+    params["sentiment"]["model"].update(name=str(tiny_model_dir), max_length=16)
+    params["sentiment"]["prepare"]["source"] = "data/tiny.tsv"
+    params["sentiment"]["train"].update(epochs=3, batch_size=8, learning_rate=3e-3, warmup_ratio=0.0)
+    params["sentiment"]["evaluate"]["attention_sentences"] = ["a dull plot"]
+    params["sentiment"]["quantize"].update(
+        latency_requests=10, latency_warmup=1, min_agreement=0.0, max_accuracy_drop=1.0
+    )
+    params["sentiment"]["promote"].update(max_latency_ms=1000)
     params["orchestrate"].update(retries=0)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert data.is_file()
@@ -54,10 +57,10 @@ def tiny_repo(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 def test_stage_order_comes_from_dvc_yaml():
-    assert stage_order(ROOT / "dvc.yaml", ["package"]) == STAGES
-    assert stage_order(ROOT / "dvc.yaml", ["story_package"]) == [f"story_{s}" for s in STAGES]
-    assert sorted(stage_order(ROOT / "dvc.yaml")) == sorted(STAGES + [f"story_{s}" for s in STAGES])
-    assert stage_order(ROOT / "dvc.yaml", ["evaluate"]) == ["prepare", "tokenize", "train", "evaluate"]
+    assert stage_order(ROOT / "dvc.yaml", ["sentiment_package"]) == STAGES
+    assert stage_order(ROOT / "dvc.yaml", ["story_package"]) == [f"story_{s}" for s in STEPS]
+    assert sorted(stage_order(ROOT / "dvc.yaml")) == sorted(STAGES + [f"story_{s}" for s in STEPS])
+    assert stage_order(ROOT / "dvc.yaml", ["sentiment_evaluate"]) == STAGES[:4]
     with pytest.raises(ValueError, match="unknown stage"):
         stage_order(ROOT / "dvc.yaml", ["deploy"])
 
@@ -65,9 +68,11 @@ def test_stage_order_comes_from_dvc_yaml():
 def test_each_task_names_its_last_stage_and_source_key():
     graph_stages = set(stage_order(ROOT / "dvc.yaml"))
     finals = {name: dag.final_stage(ROOT / "dvc.yaml", name) for name in tasks.names()}
-    assert finals == {"sentiment": "package", "story": "story_package"} and set(finals.values()) <= graph_stages
+    assert (
+        finals == {"sentiment": "sentiment_package", "story": "story_package"} and set(finals.values()) <= graph_stages
+    )
     assert tasks.get("story").source_key == "story.prepare.source"
-    assert tasks.get("sentiment").source_key == "prepare.source"
+    assert tasks.get("sentiment").source_key == "sentiment.prepare.source"
     with pytest.raises(ValueError, match="unknown task 'poems'"):
         tasks.get("poems")
 
@@ -89,7 +94,7 @@ def test_overrides_become_a_dvc_experiment_and_leave_the_tree_as_it_was(tiny_rep
     import mlflow
 
     before = {name: (tiny_repo / name).read_bytes() for name in ("params.yaml", "dvc.lock")}
-    result = pipeline(repo=str(tiny_repo), overrides=["quantize.latency_requests=12"])
+    result = pipeline(repo=str(tiny_repo), overrides=["sentiment.quantize.latency_requests=12"])
     # The working tree, params.yaml and dvc.lock included, is exactly as it was.
     assert {name: (tiny_repo / name).read_bytes() for name in before} == before
     status = subprocess.run(
@@ -116,7 +121,7 @@ def test_overrides_become_a_dvc_experiment_and_leave_the_tree_as_it_was(tiny_rep
     ]
     assert runs, f"experiment {name} not in dvc exp show"
     params = runs[0]["data"]["params"]["params.yaml"]["data"]
-    assert params["quantize"]["latency_requests"] == 12
+    assert params["sentiment"]["quantize"]["latency_requests"] == 12
     # Its MLflow run sits in the configured store, linked to the experiment's name.
     found = mlflow.search_runs(experiment_names=["sentiment"], filter_string=f"tags.dvc_experiment = '{name}'")
     assert len(found) == 1
@@ -168,7 +173,7 @@ def scratch(tmp_path: Path, cmd: str, retries: int, script: str = FLAKY) -> Path
     params["orchestrate"].update(retries=retries, retry_delay_s=0)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     stage = {"cmd": cmd, "outs": ["out.txt"], "meta": {"task": "sentiment", "final": True}}
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"package": stage}}))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"sentiment_package": stage}}))
     (repo / "step.py").write_text(script)
     (repo / ".gitignore").write_text(".started\n")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)

@@ -36,7 +36,7 @@ def models(tmp_path_factory, params_for) -> dict:
             data, package__model_name=NAME, train__learning_rate=lr, train__epochs=epochs, promote__min_accuracy=0.7
         )
         built[tag] = run_all_stages(root / tag, params)
-    configure(params.tracking.experiment)
+    configure(params.sentiment.tracking.experiment)
     return built
 
 
@@ -115,7 +115,7 @@ def test_registering_before_the_package_exists_fails(models, tmp_path):
 
 def test_alias_on_a_deleted_version_is_named(models, tmp_path, params_for):
     name = "sentiment-test-deleted"
-    params = params_for(models["good"]["params"].prepare.source, package__model_name=name)
+    params = params_for(models["good"]["params"].sentiment.prepare.source, package__model_name=name)
     built = run_all_stages(tmp_path / "one", params)
     tasks.get("sentiment").gate(name, built["prepared"] / "eval.parquet", params)
     registry.client().delete_model_version(name, "1")
@@ -186,7 +186,7 @@ def write_params(models, name) -> Path:
     import yaml
 
     raw = models["good"]["params"].model_dump()
-    raw["package"]["model_name"] = name
+    raw["sentiment"]["package"]["model_name"] = name
     path = models["good"]["root"] / "params-cli.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

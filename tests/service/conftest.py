@@ -103,7 +103,7 @@ def service_repo(tmp_path_factory) -> Path:
     """A copy of the repository whose params.yaml has the test limits: the service reads the one beside it."""
     repo = copy_repo(tmp_path_factory.mktemp("service-repo"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["serve"].update(SERVE)
+    params["sentiment"]["serve"].update(SERVE)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return repo
 
@@ -113,7 +113,7 @@ def serve_params(service_repo):
     """The `serve` section the test servers run with: the repository's, with SERVE applied."""
     from textops.params import load_params
 
-    return load_params(service_repo / "params.yaml").serve
+    return load_params(service_repo / "params.yaml").sentiment.serve
 
 
 @pytest.fixture(scope="package")

@@ -63,7 +63,7 @@ def test_bento_records_the_explicit_model_version(bento):
     )
     assert stored["labels"]["registry_version"] == bento["version"] and stored["metadata"]["run_id"] == bento["run_id"]
     bundled = yaml.safe_load((bento["folder"] / "src" / "params.yaml").read_text())
-    assert bundled["serve"]["max_items"] == SERVE["max_items"]  # the params of the folder it was built in
+    assert bundled["sentiment"]["serve"]["max_items"] == SERVE["max_items"]  # the params of the folder it was built in
 
 
 def test_bento_serves_the_bundled_version_without_mlflow(bento, bento_server, models):

@@ -6,9 +6,10 @@ import itertools
 
 import pytest
 
-from stages.quantize import choose_config, gate, latency_ms
+from stages.sentiment_quantize import gate, latency_ms
 from textops.errors import PipelineError
 from textops.modeling import choose_precision, resolve_model, torch_threads
+from textops.onnx_export import choose_config
 
 
 @pytest.mark.parametrize(

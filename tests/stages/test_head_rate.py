@@ -36,7 +36,7 @@ def test_distilbert_head_is_pre_classifier_and_classifier():
 
 
 def test_lora_head_is_the_trainable_classifier_copy(classifier, repo_params_raw):
-    wrapped = lora.wrap(classifier, LoraParams(**repo_params_raw["train"]["lora"]), "classify")
+    wrapped = lora.wrap(classifier, LoraParams(**repo_params_raw["sentiment"]["train"]["lora"]), "classify")
     trainable_head = {n for n, p in wrapped.named_parameters() if p.requires_grad and n in head_names(wrapped)}
     assert trainable_head and all("classifier.modules_to_save" in n for n in trainable_head)
     assert not any("lora_" in n for n in head_names(wrapped))

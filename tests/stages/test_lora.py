@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import sentences, write_tsv
-from stages import prepare, tokenize
+from stages import sentiment_prepare as prepare
+from stages import sentiment_tokenize as tokenize
 from textops import lora
 from textops.errors import PipelineError
 from textops.sentiment import training as train_stage
@@ -71,14 +72,15 @@ def trained(lora_params, tokenized, tmp_path_factory):
 
 
 def with_train(params, **changes):
-    return params.model_copy(update={"train": params.train.model_copy(update=changes)})
+    sentiment = params.sentiment.model_copy(update={"train": params.sentiment.train.model_copy(update=changes)})
+    return params.model_copy(update={"sentiment": sentiment})
 
 
 def expected_trainable(params) -> int:
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(params.model.name)
-    r, width, labels = params.train.lora.r, config.hidden_size, len(params.labels)
+    config = AutoConfig.from_pretrained(params.sentiment.model.name)
+    r, width, labels = params.sentiment.train.lora.r, config.hidden_size, len(params.sentiment.labels)
     adapters = config.num_hidden_layers * 2 * (r * width + width * r)  # query and value: A (r x in), B (out x r)
     return adapters + width * labels + labels  # and the classifier head, in full
 
@@ -88,7 +90,7 @@ def test_only_adapters_and_head_train(lora_params, params_for):
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_" in n or ".classifier.modules_to_save." in n for n in trainable)
     assert lora.parameter_counts(model)["trainable_parameters"] == expected_trainable(lora_params)
-    full = lora.parameter_counts(train_stage.build_model(params_for(lora_params.prepare.source)))
+    full = lora.parameter_counts(train_stage.build_model(params_for(lora_params.sentiment.prepare.source)))
     assert full["trainable_parameters"] == full["total_parameters"]
 
 
@@ -99,13 +101,17 @@ def test_training_moves_adapters_and_head_not_base(trained, lora_params):
     assert all(v.abs().max() > 0 for k, v in state.items() if ".lora_B." in k)  # B starts at zero
     head = "base_model.model.classifier"
     assert not torch.equal(state[f"{head}.modules_to_save.default.weight"], state[f"{head}.original_module.weight"])
-    base = AutoModelForSequenceClassification.from_pretrained(lora_params.model.name, num_labels=2).state_dict()
+    base = AutoModelForSequenceClassification.from_pretrained(
+        lora_params.sentiment.model.name, num_labels=2
+    ).state_dict()
     frozen = {
         k.removeprefix("base_model.model.").replace(".base_layer", ""): v
         for k, v in state.items()
         if k.startswith("base_model.model.bert.") and ".lora_" not in k
     }
-    dropped = "bert.pooler." if lora_params.model.pooling == "mean" else None  # a mean-pooled head has no pooler
+    dropped = (
+        "bert.pooler." if lora_params.sentiment.model.pooling == "mean" else None
+    )  # a mean-pooled head has no pooler
     assert len(frozen) == len([k for k in base if k.startswith("bert.") and not (dropped and k.startswith(dropped))])
     assert all(torch.equal(v, base[k]) for k, v in frozen.items())
 
@@ -134,7 +140,9 @@ def test_metrics_report_method_and_parameter_counts(trained, lora_params):
     assert m["method"] == "lora" and m["trainable_parameters"] == expected_trainable(lora_params)
     # The wrapped model holds the base, the adapters and a trainable copy of the head.
     base = lora.parameter_counts(
-        load_classifier(lora_params.model.name, lora_params.labels, lora_params.model.pooling)
+        load_classifier(
+            lora_params.sentiment.model.name, lora_params.sentiment.labels, lora_params.sentiment.model.pooling
+        )
     )["total_parameters"]
     assert m["total_parameters"] == base + m["trainable_parameters"]
     assert m["eval_accuracy"] >= 0.75  # the toy sentiment words are learnable by adapters on a random base
@@ -169,6 +177,8 @@ def test_two_runs_train_the_same_model(lora_params, tokenized, tmp_path, method)
 
 @pytest.mark.parametrize("targets", [["nope"], ["query", "valu"]])
 def test_unknown_target_module_names_the_key(lora_params, targets):
-    params = with_train(lora_params, lora=lora_params.train.lora.model_copy(update={"target_modules": targets}))
+    params = with_train(
+        lora_params, lora=lora_params.sentiment.train.lora.model_copy(update={"target_modules": targets})
+    )
     with pytest.raises(PipelineError, match=r"train\.lora\.target_modules: \['(nope|valu)'\]"):
         train_stage.build_model(params)

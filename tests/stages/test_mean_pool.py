@@ -75,6 +75,7 @@ def test_onnx_export_matches_pytorch(tiny_model_dir, tmp_path, pooling):
 
 
 def test_unknown_pooling_names_the_key(repo_params_raw):
-    raw = {**repo_params_raw, "model": {**repo_params_raw["model"], "pooling": "max"}}
-    with pytest.raises(PipelineError, match=r"model\.pooling"):
+    sentiment = repo_params_raw["sentiment"]
+    raw = {**repo_params_raw, "sentiment": {**sentiment, "model": {**sentiment["model"], "pooling": "max"}}}
+    with pytest.raises(PipelineError, match=r"sentiment\.model\.pooling"):
         parse_params(raw)

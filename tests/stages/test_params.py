@@ -35,27 +35,27 @@ def test_params_error_is_a_pipeline_error():
 
 def test_repository_params_yaml_loads():
     params = load_params(REPO_PARAMS_FILE)
-    assert params.labels == ["negative", "positive"]
-    assert params.prepare.source == "data/sample/sentiment.tsv"
+    assert params.sentiment.labels == ["negative", "positive"]
+    assert params.sentiment.prepare.source == "data/sample/sentiment.tsv"
     # YAML's `"0": negative` and `0: negative` both arrive as text keys.
-    assert params.prepare.label_map == {"0": "negative", "1": "positive"}
-    assert params.prepare.max_bad_fraction == 0.05
-    assert params.train.batch_size == 32
-    assert params.train.learning_rate == pytest.approx(1e-4)
-    assert params.evaluate.attention_sentences[1] == "not bad at all ."
+    assert params.sentiment.prepare.label_map == {"0": "negative", "1": "positive"}
+    assert params.sentiment.prepare.max_bad_fraction == 0.05
+    assert params.sentiment.train.batch_size == 32
+    assert params.sentiment.train.learning_rate == pytest.approx(1e-4)
+    assert params.sentiment.evaluate.attention_sentences[1] == "not bad at all ."
 
 
 def test_integer_label_map_keys_are_read_as_text(raw, tmp_path):
-    raw["prepare"]["label_map"] = {0: "negative", 1: "positive"}
+    raw["sentiment"]["prepare"]["label_map"] = {0: "negative", 1: "positive"}
     params = load_params(write_yaml(tmp_path / "params.yaml", raw))
-    assert params.prepare.label_map == {"0": "negative", "1": "positive"}
+    assert params.sentiment.prepare.label_map == {"0": "negative", "1": "positive"}
 
 
 def test_sections_are_frozen(raw):
     params = parse_params(raw)
     with pytest.raises(ValidationError, match="frozen"):
-        params.train.batch_size = 8
-    assert params.train.batch_size == 32
+        params.sentiment.train.batch_size = 8
+    assert params.sentiment.train.batch_size == 32
 
 
 def test_unknown_top_level_key_fails_naming_it(raw):
@@ -68,48 +68,48 @@ def test_unknown_top_level_key_fails_naming_it(raw):
 
 
 def test_unknown_key_inside_a_section_fails_naming_the_dotted_key(raw):
-    raw["train"]["learnin_rate"] = 3e-4
+    raw["sentiment"]["train"]["learnin_rate"] = 3e-4
     with pytest.raises(ParamsError) as info:
         parse_params(raw)
-    assert "unknown key 'train.learnin_rate'" in str(info.value)
+    assert "unknown key 'sentiment.train.learnin_rate'" in str(info.value)
 
 
 def test_unknown_key_in_a_file_names_the_file_and_the_dotted_key(raw, tmp_path):
-    raw["prepare"]["max_bad_fracton"] = 0.1
+    raw["sentiment"]["prepare"]["max_bad_fracton"] = 0.1
     path = write_yaml(tmp_path / "exp.yaml", raw)
     with pytest.raises(ParamsError) as info:
         load_params(path)
     message = str(info.value)
     assert message.startswith(f"{path}: invalid params")
-    assert "unknown key 'prepare.max_bad_fracton'" in message
+    assert "unknown key 'sentiment.prepare.max_bad_fracton'" in message
 
 
 def test_every_problem_is_listed_not_just_the_first(raw):
-    raw["train"]["learnin_rate"] = 3e-4
-    raw["evaluate"]["min_acuracy"] = 0.7
+    raw["sentiment"]["train"]["learnin_rate"] = 3e-4
+    raw["sentiment"]["evaluate"]["min_acuracy"] = 0.7
     with pytest.raises(ParamsError) as info:
         parse_params(raw)
     message = str(info.value)
-    assert "unknown key 'train.learnin_rate'" in message
-    assert "unknown key 'evaluate.min_acuracy'" in message
+    assert "unknown key 'sentiment.train.learnin_rate'" in message
+    assert "unknown key 'sentiment.evaluate.min_acuracy'" in message
 
 
 def test_text_for_an_integer_fails_naming_the_key_and_value(raw):
-    raw["train"]["batch_size"] = "big"
+    raw["sentiment"]["train"]["batch_size"] = "big"
     with pytest.raises(ParamsError) as info:
         parse_params(raw)
     message = str(info.value)
-    assert "'train.batch_size'" in message
+    assert "'sentiment.train.batch_size'" in message
     assert "valid integer" in message
     assert "'big'" in message
 
 
 def test_negative_epochs_fail_naming_the_key(raw):
-    raw["train"]["epochs"] = -1
+    raw["sentiment"]["train"]["epochs"] = -1
     with pytest.raises(ParamsError) as info:
         parse_params(raw)
     message = str(info.value)
-    assert "'train.epochs'" in message
+    assert "'sentiment.train.epochs'" in message
     assert "greater than 0" in message
     assert "(got -1)" in message
 
@@ -123,26 +123,26 @@ def test_negative_epochs_fail_naming_the_key(raw):
     ],
 )
 def test_out_of_range_prepare_fraction_fails_naming_the_key(raw, key, value):
-    raw["prepare"][key] = value
+    raw["sentiment"]["prepare"][key] = value
     with pytest.raises(ParamsError) as info:
         parse_params(raw)
-    assert f"'prepare.{key}'" in str(info.value)
+    assert f"'sentiment.prepare.{key}'" in str(info.value)
 
 
 def test_unknown_literal_value_fails_naming_the_key(raw):
-    raw["train"]["precision"] = "fp8"
+    raw["sentiment"]["train"]["precision"] = "fp8"
     with pytest.raises(ParamsError) as info:
         parse_params(raw)
     message = str(info.value)
-    assert "'train.precision'" in message
+    assert "'sentiment.train.precision'" in message
     assert "'fp8'" in message
 
 
 def test_missing_required_section_is_named(raw):
-    del raw["prepare"]
+    del raw["sentiment"]["prepare"]
     with pytest.raises(ParamsError) as info:
         parse_params(raw)
-    assert "missing key 'prepare'" in str(info.value)
+    assert "missing key 'sentiment.prepare'" in str(info.value)
 
 
 def test_missing_params_file_fails_naming_the_path(tmp_path):
@@ -178,7 +178,7 @@ def test_yaml_that_is_not_a_mapping_fails(tmp_path, text, kind):
 
 
 def test_label_map_to_a_label_not_in_labels_fails(raw):
-    raw["prepare"]["label_map"] = {"0": "negative", "1": "positive", "2": "neutral"}
+    raw["sentiment"]["prepare"]["label_map"] = {"0": "negative", "1": "positive", "2": "neutral"}
     with pytest.raises(ParamsError) as info:
         parse_params(raw)
     message = str(info.value)
@@ -187,17 +187,17 @@ def test_label_map_to_a_label_not_in_labels_fails(raw):
 
 
 def test_duplicate_labels_fail(raw):
-    raw["labels"] = ["negative", "positive", "negative"]
+    raw["sentiment"]["labels"] = ["negative", "positive", "negative"]
     with pytest.raises(ParamsError, match="labels holds duplicates"):
         parse_params(raw)
 
 
 def test_a_single_label_fails(raw):
-    raw["labels"] = ["positive"]
-    raw["prepare"]["label_map"] = {"1": "positive"}
+    raw["sentiment"]["labels"] = ["positive"]
+    raw["sentiment"]["prepare"]["label_map"] = {"1": "positive"}
     with pytest.raises(ParamsError) as info:
         parse_params(raw)
-    assert "'labels'" in str(info.value)
+    assert "'sentiment.labels'" in str(info.value)
 
 
 # ---------------------------------------------------------------- one source for every value
@@ -232,14 +232,17 @@ def test_every_key_the_loader_needs_is_in_params_yaml_and_a_missing_one_is_named
 
 
 def test_a_stage_reading_an_undeclared_key_fails_naming_it(raw):
-    params = for_stage(parse_params(raw), "tokenize", ROOT / "dvc.yaml")
-    assert params.model.max_length == raw["model"]["max_length"]  # declared: model.max_length
-    assert params.labels == raw["labels"]
-    expected = r"stage 'tokenize' reads params key 'train', which dvc.yaml does not list under stages\.tokenize\.params"
+    params = for_stage(parse_params(raw), "sentiment_tokenize", ROOT / "dvc.yaml")
+    assert params.sentiment.model.max_length == raw["sentiment"]["model"]["max_length"]  # declared
+    assert params.sentiment.labels == raw["sentiment"]["labels"]
+    expected = (
+        r"stage 'sentiment_tokenize' reads params key 'sentiment\.train', which dvc.yaml does not list under "
+        r"stages\.sentiment_tokenize\.params"
+    )
     with pytest.raises(UndeclaredParam, match=expected):
-        params.train.epochs
-    with pytest.raises(UndeclaredParam, match=r"'model\.pooling'"):  # a sibling of a declared key
-        params.model.pooling
+        params.sentiment.train.epochs
+    with pytest.raises(UndeclaredParam, match=r"'sentiment\.model\.pooling'"):  # a sibling of a declared key
+        params.sentiment.model.pooling
 
 
 def test_a_partly_declared_section_answers_only_its_declared_keys(raw):

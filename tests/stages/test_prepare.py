@@ -1,4 +1,4 @@
-"""stages.prepare and textops.sources: every bad input ends in the quarantine with its reason and line,
+"""stages.sentiment_prepare and textops.sources: every bad input ends in the quarantine with its reason and line,
 or stops the stage with an error that names the file; nothing is lost without a trace."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.prepare import main, prepare, run
+from stages.sentiment_prepare import main, prepare, run
 from textops.errors import PipelineError
 from textops.params import Params, parse_params
 from textops.sources import SourceError
@@ -55,8 +55,8 @@ def jsonl_lines(rows: list[tuple[str, str]]) -> list[str]:
 
 def make_params(source: Path | str, **prepare_overrides) -> Params:
     raw = copy.deepcopy(REPO_RAW)
-    raw["prepare"]["source"] = str(source)
-    raw["prepare"].update(prepare_overrides)
+    raw["sentiment"]["prepare"]["source"] = str(source)
+    raw["sentiment"]["prepare"].update(prepare_overrides)
     return parse_params(raw)
 
 
@@ -239,7 +239,7 @@ def test_source_that_does_not_exist_raises_source_error_naming_prepare_source(tm
     with pytest.raises(SourceError) as info:
         prepare(make_params(missing))
     message = str(info.value)
-    assert message.startswith(f"prepare.source '{missing}': no such file or folder")
+    assert message.startswith(f"sentiment.prepare.source '{missing}': no such file or folder")
 
 
 def test_unsupported_file_type_raises_naming_the_file(tmp_path):
@@ -536,8 +536,8 @@ def test_run_writes_the_report_then_fails_when_validation_fails(tmp_path):
 
 def write_params_file(path: Path, source: Path | str, **prepare_overrides) -> Path:
     raw = copy.deepcopy(REPO_RAW)
-    raw["prepare"]["source"] = str(source)
-    raw["prepare"].update(prepare_overrides)
+    raw["sentiment"]["prepare"]["source"] = str(source)
+    raw["sentiment"]["prepare"].update(prepare_overrides)
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
 
@@ -560,7 +560,9 @@ def test_main_with_a_nonexistent_source_exits_1_with_a_short_error(tmp_path, cap
     )
     assert code == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error in stage 'prepare': prepare.source '{missing}': no such file or folder")
+    assert err.startswith(
+        f"error in stage 'sentiment_prepare': sentiment.prepare.source '{missing}': no such file or folder"
+    )
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists() and not metrics.exists()
@@ -583,8 +585,8 @@ def test_main_with_an_unknown_params_key_exits_1(tmp_path, capsys):
     )
     assert code == 1
     err = capsys.readouterr().err
-    assert err.startswith("error in stage 'prepare': ")
-    assert "unknown key 'prepare.max_bad_fracton'" in err
+    assert err.startswith("error in stage 'sentiment_prepare': ")
+    assert "unknown key 'sentiment.prepare.max_bad_fracton'" in err
     assert "Traceback" not in err
 
 

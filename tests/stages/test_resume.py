@@ -13,14 +13,15 @@ from pathlib import Path
 import yaml
 
 from conftest import ROOT, sentences, write_tsv
-from stages import prepare, tokenize
+from stages import sentiment_prepare as prepare
+from stages import sentiment_tokenize as tokenize
 
 
 def train_cmd(root: Path, params_file: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "stages.train",
+        "stages.sentiment_train",
         "--params",
         str(params_file),
         "--tokenized",

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import run_all_stages, sentences, write_tsv
-from stages import evaluate, package
+from stages import sentiment_evaluate as evaluate
+from stages import sentiment_package as package
 from textops.errors import GateFailed, PipelineError
 from textops.packaging import sha256
 
@@ -65,7 +66,7 @@ def test_evaluate_gate_fails_below_min_accuracy(pipeline, params_for, tmp_path):
     flipped["label"] = flipped["label"].map({"negative": "positive", "positive": "negative"})
     (tmp_path / "prepared").mkdir()
     flipped.to_parquet(tmp_path / "prepared" / "eval.parquet")
-    strict = params_for(pipeline["params"].prepare.source, evaluate__min_accuracy=0.5)
+    strict = params_for(pipeline["params"].sentiment.prepare.source, evaluate__min_accuracy=0.5)
     with pytest.raises(GateFailed, match="evaluate.min_accuracy=0.5"):
         evaluate.run(
             strict,

@@ -53,7 +53,7 @@ def story_params(repo_params_raw, tiny_model_dir):
 
     def make(source: Path | str, **overrides) -> Params:
         raw = copy.deepcopy(repo_params_raw)
-        raw["model"]["name"] = str(tiny_model_dir)  # the WordPiece the tokenizer report compares against
+        raw["sentiment"]["model"]["name"] = str(tiny_model_dir)  # the WordPiece the tokenizer report compares against
         s = raw["story"]
         s["prepare"]["source"] = str(source)
         s["model"].update(n_layer=2, n_head=2, n_embd=32, context=32)

@@ -44,7 +44,13 @@ def fingerprint(params: Params, tokenized: Path) -> str:
     """Checkpoints are only resumed when the data and every knob that shapes training match."""
     digest = hashlib.sha256(
         json.dumps(
-            [params.seed, params.labels, params.model.model_dump(), params.train.model_dump()], sort_keys=True
+            [
+                params.sentiment.seed,
+                params.sentiment.labels,
+                params.sentiment.model.model_dump(),
+                params.sentiment.train.model_dump(),
+            ],
+            sort_keys=True,
         ).encode()
     )
     for split in ("train", "eval"):
@@ -111,7 +117,7 @@ def head_names(model) -> set[str]:
 def make_trainer(head_learning_rate: float | None, **kwargs):
     """The Trainer; with a head learning rate, its AdamW gets body and head groups (the schedule's
     warmup and decay apply to both): a freshly initialised head can take a higher rate than the
-    pretrained body. What it measured on SST-2: params.yaml, train.head_learning_rate."""
+    pretrained body. What it measured on SST-2: params.yaml, sentiment.train.head_learning_rate."""
     from transformers import Trainer
 
     class HeadRateTrainer(Trainer):
@@ -134,18 +140,20 @@ def make_trainer(head_learning_rate: float | None, **kwargs):
 
 def build_model(params: Params):
     """full: every weight trains. lora: the base is frozen; LoRA adapters and the fresh head train."""
-    model = load_classifier(params.model.name, params.labels, params.model.pooling)
-    return lora.wrap(model, params.train.lora, "classify") if params.train.method == "lora" else model
+    model = load_classifier(params.sentiment.model.name, params.sentiment.labels, params.sentiment.model.pooling)
+    return (
+        lora.wrap(model, params.sentiment.train.lora, "classify") if params.sentiment.train.method == "lora" else model
+    )
 
 
 def training_args(params: Params, checkpoints: Path, precision: str):
     from transformers import TrainingArguments
 
-    t = params.train
+    t = params.sentiment.train
     return TrainingArguments(
         output_dir=str(checkpoints),
-        seed=params.seed,
-        data_seed=params.seed,
+        seed=params.sentiment.seed,
+        data_seed=params.sentiment.seed,
         num_train_epochs=t.epochs,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.eval_batch_size,
@@ -175,20 +183,20 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path) -> dict
     import torch
     from transformers import DataCollatorWithPadding, set_seed
 
-    if params.train.num_threads:
-        torch.set_num_threads(params.train.num_threads)
-    precision = device_precision(params.train.precision)
-    tokenizer = load_tokenizer(params.model.name)
+    if params.sentiment.train.num_threads:
+        torch.set_num_threads(params.sentiment.train.num_threads)
+    precision = device_precision(params.sentiment.train.precision)
+    tokenizer = load_tokenizer(params.sentiment.model.name)
     # The Trainer seeds only once the model exists: the fresh head (and LoRA's A matrices) would start
     # from a different random draw in every process, and no two runs would agree.
-    set_seed(params.seed)
+    set_seed(params.sentiment.seed)
     model = build_model(params)
     counts = lora.parameter_counts(model)  # before the merge, which leaves nothing to count as trainable
     train_set = TokenDataset(pd.read_parquet(tokenized / "train.parquet"))
     eval_set = TokenDataset(pd.read_parquet(tokenized / "eval.parquet"))
     resume = last_checkpoint(checkpoints, fingerprint(params, tokenized))
     trainer = make_trainer(
-        params.train.head_learning_rate,
+        params.sentiment.train.head_learning_rate,
         model=model,
         args=training_args(params, checkpoints, precision),
         train_dataset=train_set,
@@ -212,9 +220,9 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path) -> dict
     # LoRA: adapters folded into the base, so evaluate, quantize and package load a plain model.
     lora.merge(trainer.model).save_pretrained(str(out))  # safetensors, config with id2label
     tokenizer.save_pretrained(str(out))
-    cli.write_json(out / "labels.json", params.labels)
+    cli.write_json(out / "labels.json", params.sentiment.labels)
     steps_run = trainer.state.global_step - start_step
-    samples = min(steps_run * params.train.batch_size, len(train_set) * params.train.epochs)
+    samples = min(steps_run * params.sentiment.train.batch_size, len(train_set) * params.sentiment.train.epochs)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     metrics = {
         "samples_per_second": round(samples / result.metrics["train_runtime"], 2) if steps_run else None,
@@ -227,7 +235,7 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path) -> dict
         "resumed_from_step": start_step,
         "train_rows": len(train_set),
         "precision": precision,
-        "method": params.train.method,
+        "method": params.sentiment.train.method,
         **counts,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch_threads": torch.get_num_threads(),

@@ -14,10 +14,10 @@ EXAMPLE = ["a charming , funny film .", "a dull mess ."]
 
 class SentimentTask(Task):
     name = "sentiment"
-    source_key = "prepare.source"
+    source_key = "sentiment.prepare.source"
 
-    def params(self, params: Params) -> Params:
-        return params  # the sentiment sections sit at the top of params.yaml
+    def params(self, params: Params) -> Any:
+        return params.sentiment
 
     def source_files(self, source: Path) -> list[Path]:
         from textops.sources import locate
@@ -49,26 +49,26 @@ class SentimentTask(Task):
         reasons = []
         if challenger["accuracy"] < p.min_accuracy:
             reasons.append(
-                f"accuracy {challenger['accuracy']:.4f} is under the floor promote.min_accuracy="
+                f"accuracy {challenger['accuracy']:.4f} is under the floor sentiment.promote.min_accuracy="
                 f"{p.min_accuracy} (short by {p.min_accuracy - challenger['accuracy']:.4f})"
             )
         if champion is not None and challenger["accuracy"] < champion["accuracy"] - p.accuracy_tolerance:
             margin = champion["accuracy"] - challenger["accuracy"]
             reasons.append(
                 f"accuracy {challenger['accuracy']:.4f} trails champion v{champion['version']} "
-                f"({champion['accuracy']:.4f}) by {margin:.4f}, over promote.accuracy_tolerance="
+                f"({champion['accuracy']:.4f}) by {margin:.4f}, over sentiment.promote.accuracy_tolerance="
                 f"{p.accuracy_tolerance}"
             )
         if challenger.get("int8_gate") != "passed":
             reasons.append(f"the INT8-vs-FP32 checks did not pass (int8_gate={challenger.get('int8_gate')})")
         if float(challenger.get("latency_ms_p50", "inf")) > p.max_latency_ms:
             reasons.append(
-                f"INT8 p50 latency {challenger.get('latency_ms_p50')} ms is over promote.max_latency_ms="
+                f"INT8 p50 latency {challenger.get('latency_ms_p50')} ms is over sentiment.promote.max_latency_ms="
                 f"{p.max_latency_ms}"
             )
         if float(challenger.get("size_mb", "inf")) > p.max_size_mb:
             reasons.append(
-                f"INT8 model size {challenger.get('size_mb')} MB is over promote.max_size_mb={p.max_size_mb}"
+                f"INT8 model size {challenger.get('size_mb')} MB is over sentiment.promote.max_size_mb={p.max_size_mb}"
             )
         return reasons
 

@@ -1,15 +1,15 @@
-"""quantize: Optimum ONNX export, onnxruntime dynamic INT8, and an INT8-versus-FP32 gate.
+"""sentiment_quantize: Optimum ONNX export, onnxruntime dynamic INT8, and an INT8-versus-FP32 gate.
 
 In:  --model (train's out), --prepared/eval.parquet.
 Out: --fp32 (model.onnx + tokenizer), --int8 (model_quantized.onnx + tokenizer),
      --report-file (accuracy of PyTorch FP32, ONNX FP32 and ONNX INT8 on the whole eval split, label
      agreement, largest probability difference, file sizes, single-request latency p50/p99 of all
-     three measured side by side on the same quantize.onnx_threads cores, and PyTorch's on its default
+     three measured side by side on the same sentiment.quantize.onnx_threads cores, and PyTorch's on its default
      threads). ONNX runs one text per call, as served; the INT8 agreement of
      batches of 64 is reported beside (agreement_batch_64), as dynamic INT8 is batch-dependent.
      --metrics: the report's headline numbers (dvc metrics show).
-Params: model.max_length, quantize.*.
-Gate: INT8 accuracy drop over quantize.max_accuracy_drop, or agreement under quantize.min_agreement.
+Params: sentiment.model.max_length, sentiment.quantize.*.
+Gate: INT8 accuracy drop over sentiment.quantize.max_accuracy_drop, or agreement under sentiment.quantize.min_agreement.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def latency(
     requests: int,
     warmup: int,
 ) -> dict:
-    """The three backends side by side on the same `threads` cores (quantize.onnx_threads), and PyTorch again
+    """The three backends side by side on the same `threads` cores (sentiment.quantize.onnx_threads), and PyTorch again
     on its default threads (all cores), so a reader sees the speed-up both ways."""
     import torch
 
@@ -105,12 +105,12 @@ def gate(report: dict, max_drop: float, min_agreement: float) -> list[str]:
     if report["accuracy_drop"] > max_drop:
         problems.append(
             f"INT8 accuracy {report['accuracy']['onnx_int8']} is {report['accuracy_drop']:.4f} below FP32 "
-            f"{report['accuracy']['pytorch_fp32']}, over quantize.max_accuracy_drop={max_drop}"
+            f"{report['accuracy']['pytorch_fp32']}, over sentiment.quantize.max_accuracy_drop={max_drop}"
         )
     if report["agreement"] < min_agreement:
         problems.append(
             f"INT8 and FP32 agree on {report['agreement']:.2%} of eval labels, under "
-            f"quantize.min_agreement={min_agreement}"
+            f"sentiment.quantize.min_agreement={min_agreement}"
         )
     return problems
 
@@ -127,18 +127,18 @@ def headline(report: dict) -> dict:
 
 
 def run(params: Params, model: Path, prepared: Path, fp32: Path, int8: Path, metrics: Path, report_file: Path) -> None:
-    q = params.quantize
+    q = params.sentiment.quantize
     config_name = choose_config(q.config, cpu_flags(), platform.machine())
     fp32_dir, int8_dir = fp32, int8
     excluded = export_and_quantize(model, fp32, int8, config_name, q.per_channel, q.exclude_nodes, q.optimize)
     frame = pd.read_parquet(prepared / "eval.parquet")
     texts = list(frame["text"])
-    labels = np.array([params.labels.index(y) for y in frame["label"]])
-    torch_model = TorchClassifier(model, params.model.max_length)
-    onnx_fp32 = OnnxClassifier(fp32_dir, "model.onnx", params.model.max_length, q.onnx_threads)
-    onnx_int8 = OnnxClassifier(int8_dir, INT8_FILE, params.model.max_length, q.onnx_threads)
+    labels = np.array([params.sentiment.labels.index(y) for y in frame["label"]])
+    torch_model = TorchClassifier(model, params.sentiment.model.max_length)
+    onnx_fp32 = OnnxClassifier(fp32_dir, "model.onnx", params.sentiment.model.max_length, q.onnx_threads)
+    onnx_int8 = OnnxClassifier(int8_dir, INT8_FILE, params.sentiment.model.max_length, q.onnx_threads)
     torch_probs = torch_model.predict_proba(texts)
-    # ONNX one text per call, as the service runs it (serve.inference_batch_size); the INT8 labels of a
+    # ONNX one text per call, as the service runs it (sentiment.serve.inference_batch_size); the INT8 labels of a
     # batched caller are reported beside, since dynamic INT8 lets a batch's texts sway each other.
     report = compare(torch_probs, onnx_fp32.predict_proba(texts), onnx_int8.predict_proba(texts), labels)
     batched = onnx_int8.predict_proba(texts, BATCHED).argmax(1)
@@ -171,7 +171,7 @@ def run(params: Params, model: Path, prepared: Path, fp32: Path, int8: Path, met
     cli.write_results(report_file, metrics, report, headline(report))
     log.info("%s", report)
     problems = gate(report, q.max_accuracy_drop, q.min_agreement)
-    tracker = ModelRun(params.tracking.enabled, params.tracking.experiment).reopen(model)
+    tracker = ModelRun(params.sentiment.tracking.enabled, params.sentiment.tracking.experiment).reopen(model)
     tracker.log_metrics(numeric("quantize", report))
     tracker.log_artifact(report_file, "reports")
     tracker.set_tags({"int8_gate": "failed" if problems else "passed"})
@@ -180,7 +180,9 @@ def run(params: Params, model: Path, prepared: Path, fp32: Path, int8: Path, met
 
 
 def main(argv=None) -> int:
-    return cli.main("quantize", __doc__, ["model", "prepared", "fp32", "int8", "metrics", "report-file"], run, argv)
+    return cli.main(
+        "sentiment_quantize", __doc__, ["model", "prepared", "fp32", "int8", "metrics", "report-file"], run, argv
+    )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""package: the deployable model folder, with a model card and a checksum manifest.
+"""sentiment_package: the deployable model folder, with a model card and a checksum manifest.
 
 In:  --int8 (INT8 ONNX + tokenizer), --{prepare,train,evaluate,quantize}-report (earlier stages' reports).
 Out: --out: model.onnx (INT8), config.json, tokenizer files, labels.json, MODEL_CARD.md,
      manifest.json (sha256 and size of every file, the git commit, the data hash).
-Params: all of params.yaml (they are written into the model card).
-MLflow: registers the folder as a new version of package.model_name (pyfunc; FP32 model from --model as
+Params: the sentiment sections that shape the model (written into the model card; dvc.yaml lists them).
+MLflow: registers the folder as a new version of sentiment.package.model_name (pyfunc; FP32 model from --model as
 an artifact), aliased `challenger`, with the gate evidence as version tags.
 """
 
@@ -33,13 +33,13 @@ def model_card(params: Params, reports: dict, git: dict, created: str) -> str:
     rows = [
         f"| {name} | {ev['per_class'][name]['precision']} | {ev['per_class'][name]['recall']} | "
         f"{ev['per_class'][name]['support']} |"
-        for name in params.labels
+        for name in params.sentiment.labels
     ]
     return "\n".join(
         [
-            f"# {params.package.model_name}",
+            f"# {params.sentiment.package.model_name}",
             "",
-            f"Sentiment classifier ({', '.join(params.labels)}) fine-tuned from `{params.model.name}`, exported to ONNX "
+            f"Sentiment classifier ({', '.join(params.sentiment.labels)}) fine-tuned from `{params.sentiment.model.name}`, exported to ONNX "
             f"and quantized to INT8 (dynamic, `{q['quantization_config']}`, per-channel {q['per_channel']}).",
             f"Created {created} from git commit `{git['commit']}`{' (uncommitted changes)' if git['dirty'] else ''}.",
             "",
@@ -52,8 +52,8 @@ def model_card(params: Params, reports: dict, git: dict, created: str) -> str:
             "",
             "## Training",
             "",
-            f"- {train['train_rows']} rows, {params.train.epochs} epoch(s), batch {params.train.batch_size}, "
-            f"lr {params.train.learning_rate}, precision {train['precision']} on {train['device']}",
+            f"- {train['train_rows']} rows, {params.sentiment.train.epochs} epoch(s), batch {params.sentiment.train.batch_size}, "
+            f"lr {params.sentiment.train.learning_rate}, precision {train['precision']} on {train['device']}",
             f"- {train['samples_per_second']} samples/s, {train['wall_time_s']} s, peak RSS {train['peak_rss_mb']} MB",
             "",
             "## Evaluation (eval split, PyTorch FP32)",
@@ -92,7 +92,7 @@ def model_card(params: Params, reports: dict, git: dict, created: str) -> str:
             "",
             "Trained on the data above only; metrics on the bundled sample (a few hundred sentences) say little about "
             "real-world accuracy. English movie-review style text; texts longer than "
-            f"{params.model.max_length} tokens are truncated.",
+            f"{params.sentiment.model.max_length} tokens are truncated.",
             "",
         ]
     )
@@ -137,7 +137,7 @@ def run(
         if f.name == "ort_config.json":
             continue
         shutil.copy2(f, out / (MODEL_FILE if f.name == INT8_FILE else f.name))
-    cli.write_json(out / "labels.json", params.labels)
+    cli.write_json(out / "labels.json", params.sentiment.labels)
     report_data = {name: cli.read_json(path) for name, path in reports.items()}
     git = git_state()
     created = datetime.now(UTC).isoformat(timespec="seconds")
@@ -145,11 +145,11 @@ def run(
     cli.write_json(
         out / "manifest.json",
         {
-            "name": params.package.model_name,
+            "name": params.sentiment.package.model_name,
             "task": TASK,
             "model_file": MODEL_FILE,
-            "labels": params.labels,
-            "max_length": params.model.max_length,
+            "labels": params.sentiment.labels,
+            "max_length": params.sentiment.model.max_length,
             "git": git,
             "created": created,
             "data_hash": report_data["prepare"]["data_hash"],
@@ -157,12 +157,19 @@ def run(
         },
     )
     log.info("packaged %d files into %s", len(list(out.iterdir())), out)
-    register(params.tracking, params.package.model_name, model, out, evidence(TASK, report_data, git), TASK)
+    register(
+        params.sentiment.tracking,
+        params.sentiment.package.model_name,
+        model,
+        out,
+        evidence(TASK, report_data, git),
+        TASK,
+    )
 
 
 def main(argv=None) -> int:
     paths = ["model", "int8", "prepare-report", "train-report", "evaluate-report", "quantize-report", "out"]
-    return cli.main("package", __doc__, paths, run, argv)
+    return cli.main("sentiment_package", __doc__, paths, run, argv)
 
 
 if __name__ == "__main__":

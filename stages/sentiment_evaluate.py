@@ -1,11 +1,11 @@
-"""evaluate: the trained model on the eval split, a confusion matrix, calibration, attention maps, and a gate.
+"""sentiment_evaluate: the trained model on the eval split, a confusion matrix, calibration, attention maps, and a gate.
 
 In:  --model (train's out), --prepared/eval.parquet.
 Out: --report-file (accuracy, macro F1, per-class precision/recall, ECE), --predictions (CSV for the DVC
      confusion plot), --figures (confusion.png, attention/*.png).
      --metrics: the report's headline numbers (dvc metrics show).
-Params: labels, model.max_length, evaluate.*.
-Gate: accuracy below evaluate.min_accuracy fails the stage (after the reports are written).
+Params: sentiment.labels, sentiment.model.max_length, sentiment.evaluate.*.
+Gate: accuracy below sentiment.evaluate.min_accuracy fails the stage (after the reports are written).
 """
 
 from __future__ import annotations
@@ -46,27 +46,29 @@ def headline(report: dict) -> dict:
 def run(
     params: Params, model: Path, prepared: Path, metrics: Path, predictions: Path, figures: Path, report_file: Path
 ) -> None:
-    classifier = TorchClassifier(model, params.model.max_length)
+    classifier = TorchClassifier(model, params.sentiment.model.max_length)
     frame = pd.read_parquet(prepared / "eval.parquet")
-    labels = np.array([params.labels.index(y) for y in frame["label"]])
-    probs = classifier.predict_proba(list(frame["text"]), params.evaluate.batch_size)
-    report = classification_report(probs, labels, params.labels, params.evaluate.ece_bins)
+    labels = np.array([params.sentiment.labels.index(y) for y in frame["label"]])
+    probs = classifier.predict_proba(list(frame["text"]), params.sentiment.evaluate.batch_size)
+    report = classification_report(probs, labels, params.sentiment.labels, params.sentiment.evaluate.ece_bins)
     predictions.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
         {
-            "actual": [params.labels[i] for i in labels],
-            "predicted": [params.labels[i] for i in probs.argmax(1)],
+            "actual": [params.sentiment.labels[i] for i in labels],
+            "predicted": [params.sentiment.labels[i] for i in probs.argmax(1)],
             "probability": probs.max(1).round(4),
             "text": frame["text"],
         }
     ).to_csv(predictions, index=False)
     (figures / "attention").mkdir(parents=True, exist_ok=True)
-    confusion_png(report["confusion_matrix"], params.labels, figures / "confusion.png")
-    for i, sentence in enumerate(params.evaluate.attention_sentences):
-        attention, tokens = last_layer_attention(model, classifier.tokenizer, sentence, params.model.max_length)
+    confusion_png(report["confusion_matrix"], params.sentiment.labels, figures / "confusion.png")
+    for i, sentence in enumerate(params.sentiment.evaluate.attention_sentences):
+        attention, tokens = last_layer_attention(
+            model, classifier.tokenizer, sentence, params.sentiment.model.max_length
+        )
         attention_png(attention, tokens, figures / "attention" / f"sentence_{i:02d}.png", sentence)
     cli.write_results(report_file, metrics, report, headline(report))
-    tracker = ModelRun(params.tracking.enabled, params.tracking.experiment).reopen(model)
+    tracker = ModelRun(params.sentiment.tracking.enabled, params.sentiment.tracking.experiment).reopen(model)
     tracker.log_metrics(numeric("eval", {k: v for k, v in report.items() if k != "confusion_matrix"}))
     tracker.log_artifact(figures, "evaluate")
     for name in ("validation.json", "validation.md"):  # the Great Expectations result of this data
@@ -79,16 +81,20 @@ def run(
         report["ece"],
         report["examples"],
     )
-    if report["accuracy"] < params.evaluate.min_accuracy:
+    if report["accuracy"] < params.sentiment.evaluate.min_accuracy:
         raise GateFailed(
-            f"eval accuracy {report['accuracy']:.4f} is below evaluate.min_accuracy="
-            f"{params.evaluate.min_accuracy} (lower it in params.yaml only if that is intended)"
+            f"eval accuracy {report['accuracy']:.4f} is below sentiment.evaluate.min_accuracy="
+            f"{params.sentiment.evaluate.min_accuracy} (lower it in params.yaml only if that is intended)"
         )
 
 
 def main(argv=None) -> int:
     return cli.main(
-        "evaluate", __doc__, ["model", "prepared", "metrics", "predictions", "figures", "report-file"], run, argv
+        "sentiment_evaluate",
+        __doc__,
+        ["model", "prepared", "metrics", "predictions", "figures", "report-file"],
+        run,
+        argv,
     )
 
 

@@ -1,14 +1,14 @@
-"""train: fine-tune a sequence classifier with the transformers Trainer.
+"""sentiment_train: fine-tune a sequence classifier with the transformers Trainer.
 
 In:  --tokenized/{train,eval}.parquet, --prepare-report (data source and hash, for the MLflow run).
-Out: --out (safetensors model, tokenizer, labels.json; always a plain model: train.method lora merges
+Out: --out (safetensors model, tokenizer, labels.json; always a plain model: sentiment.train.method lora merges
      its adapters first), --checkpoints (kept across kills: a rerun resumes from the last one when data
      and params match), --curve/{loss,eval}.csv (DVC plots), --report-file (samples/s, wall time, peak
      memory, trainable parameters, final eval accuracy). Opens the model's MLflow run (params,
      per-step curves, tags) and records its id in --out/mlflow_run.json.
      --metrics: the report's headline numbers (dvc metrics show).
-Params: seed, labels, model.*, train.* (train.method full or lora, train.lora).
-Run: python -m stages.train --tokenized ... --out ... --checkpoints ... --curve ... --metrics ... --report-file ...
+Params: sentiment.seed, sentiment.labels, sentiment.model.*, sentiment.train.* (sentiment.train.method full or lora, sentiment.train.lora).
+Run: python -m stages.sentiment_train --tokenized ... --out ... --checkpoints ... --curve ... --metrics ... --report-file ...
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ def run(
     report_file: Path,
 ) -> None:
     data = cli.read_json(prepare_report)
-    tracker = ModelRun(params.tracking.enabled, params.tracking.experiment).start(
-        run_name=f"sentiment-{Path(params.model.name).name}",
+    tracker = ModelRun(params.sentiment.tracking.enabled, params.sentiment.tracking.experiment).start(
+        run_name=f"sentiment-{Path(params.sentiment.model.name).name}",
         tags={
             "task": "sentiment",
             "data_hash": data["data_hash"],
             "data_source": data["source"],
-            "base_model": params.model.name,
+            "base_model": params.sentiment.model.name,
         },
     )
     tracker.log_params(flatten(params))
@@ -61,7 +61,7 @@ def run(
 
 def main(argv=None) -> int:
     return cli.main(
-        "train",
+        "sentiment_train",
         __doc__,
         ["tokenized", "prepare-report", "out", "checkpoints", "curve", "metrics", "report-file"],
         run,

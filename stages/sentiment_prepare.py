@@ -1,11 +1,11 @@
-"""prepare: raw labeled text -> validated text/label splits.
+"""sentiment_prepare: raw labeled text -> validated text/label splits.
 
-In:  params prepare.source (file, GLUE-style folder, or Hub dataset id).
+In:  params sentiment.prepare.source (file, GLUE-style folder, or Hub dataset id).
 Out: --out/{train,eval}.parquet (columns text,label), quarantine.jsonl (every dropped row with its
      reason and line), validation.json + validation.md (Great Expectations); --report-file (row counts).
      --metrics: the report's headline numbers (dvc metrics show).
-Params: labels, seed, prepare.*.
-Run: python -m stages.prepare --out ... --metrics ... --report-file ... (dvc.yaml passes the paths)
+Params: sentiment.labels, sentiment.seed, sentiment.prepare.*.
+Run: python -m stages.sentiment_prepare --out ... --metrics ... --report-file ... (dvc.yaml passes the paths)
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ def row_problem(text: str, label_raw: str, p: PrepareParams, labels: list[str]) 
     if not text.strip():
         return "whitespace-only text"
     if label_raw not in p.label_map and label_raw not in labels:
-        return f"unknown label '{label_raw}' (known: {sorted(set(p.label_map) | set(labels))}; see prepare.label_map)"
+        return f"unknown label '{label_raw}' (known: {sorted(set(p.label_map) | set(labels))}; see sentiment.prepare.label_map)"
     n = len(text.strip())
     if n < p.min_chars:
-        return f"text too short ({n} < prepare.min_chars={p.min_chars})"
+        return f"text too short ({n} < sentiment.prepare.min_chars={p.min_chars})"
     if n > p.max_chars:
-        return f"text too long ({n} > prepare.max_chars={p.max_chars})"
+        return f"text too long ({n} > sentiment.prepare.max_chars={p.max_chars})"
     return None
 
 
@@ -74,7 +74,7 @@ def check_bad_fraction(raw: RawSplit, rejected: list[Rejected], max_fraction: fl
         reasons = Counter(r.reason.split(" (")[0].split(":")[0] for r in rejected).most_common(3)
         raise ValidationFailed(
             f"{raw.file}: {bad} of {total} rows ({bad / total:.1%}) are unusable, over "
-            f"prepare.max_bad_fraction={max_fraction}; most common: {reasons}. "
+            f"sentiment.prepare.max_bad_fraction={max_fraction}; most common: {reasons}. "
             f"See the quarantine file for each row."
         )
 
@@ -107,7 +107,7 @@ def split_eval(frame: pd.DataFrame, fraction: float, seed: int, source: str) -> 
     if n < 2 or n_eval >= n:
         raise ValidationFailed(
             f"{source}: {n} usable row(s) cannot be split into train and eval "
-            f"(prepare.eval_fraction={fraction}); add rows or give an eval split"
+            f"(sentiment.prepare.eval_fraction={fraction}); add rows or give an eval split"
         )
     can_stratify = frame["label"].value_counts().min() >= 2 and classes <= n_eval <= n - classes
     train, eval_ = train_test_split(
@@ -131,30 +131,32 @@ def reason_key(reason: str) -> str:
 
 def prepare(params: Params) -> dict:
     """The pure-ish core: read, clean, split, validate. Returns frames, quarantine and report."""
-    p = params.prepare
+    p = params.sentiment.prepare
     files = locate(p.source)
     splits: dict[str, pd.DataFrame] = {}
     quarantine: list[Rejected] = []
     for name, path in files.items():
         raw = read_split(path, name, p.text_column, p.label_column)
-        frame, rejected = normalise(raw, p, params.labels)
+        frame, rejected = normalise(raw, p, params.sentiment.labels)
         check_bad_fraction(raw, rejected, p.max_bad_fraction)
         frame, dups = drop_duplicates(frame, name)
         splits[name] = frame
         quarantine += rejected + dups
     if "eval" not in splits:
-        splits["train"], splits["eval"] = split_eval(splits["train"], p.eval_fraction, params.seed, str(files["train"]))
+        splits["train"], splits["eval"] = split_eval(
+            splits["train"], p.eval_fraction, params.sentiment.seed, str(files["train"])
+        )
     splits["train"], leaked = drop_leakage(splits["train"], splits["eval"])
     quarantine += leaked
     available = len(splits["train"])
-    splits["train"] = sample_train(splits["train"], p.max_train_rows, params.seed)
+    splits["train"] = sample_train(splits["train"], p.max_train_rows, params.sentiment.seed)
     for name, frame in splits.items():
         if frame.empty:
             raise ValidationFailed(
                 f"{files.get(name, files['train'])}: split '{name}' has no usable rows "
                 f"after cleaning (see the quarantine file)"
             )
-    bounds = Bounds(params.labels, p.min_chars, p.max_chars, p.min_class_fraction)
+    bounds = Bounds(params.sentiment.labels, p.min_chars, p.max_chars, p.min_class_fraction)
     validation = validate_splits({k: v[["text", "label"]] for k, v in splits.items()}, bounds)
     report = {
         "source": p.source,
@@ -207,7 +209,7 @@ def run(params: Params, out: Path, metrics: Path, report_file: Path) -> None:
 
 
 def main(argv=None) -> int:
-    return cli.main("prepare", __doc__, ["out", "metrics", "report-file"], run, argv)
+    return cli.main("sentiment_prepare", __doc__, ["out", "metrics", "report-file"], run, argv)
 
 
 if __name__ == "__main__":

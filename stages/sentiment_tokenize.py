@@ -1,11 +1,11 @@
-"""tokenize: prepared text -> token ids with the base model's tokenizer, and a token-length report.
+"""sentiment_tokenize: prepared text -> token ids with the base model's tokenizer, and a token-length report.
 
 In:  --prepared/{train,eval}.parquet.
 Out: --out/{train,eval}.parquet (input_ids, label id); --report-file (token lengths; how many texts
-     model.max_length truncates).
+     sentiment.model.max_length truncates).
      --metrics: the report's headline numbers (dvc metrics show).
-Params: labels, model.name, model.max_length.
-Run: python -m stages.tokenize --prepared ... --out ... --metrics ... --report-file ... (dvc.yaml passes the paths)
+Params: sentiment.labels, sentiment.model.name, sentiment.model.max_length.
+Run: python -m stages.sentiment_tokenize --prepared ... --out ... --metrics ... --report-file ... (dvc.yaml passes the paths)
 """
 
 from __future__ import annotations
@@ -57,29 +57,29 @@ def encode(frame: pd.DataFrame, tokenizer, max_length: int, labels: list[str]) -
 
 
 def headline(report: dict) -> dict:
-    """tokenize's number for `dvc metrics show`: the share of train texts cut at model.max_length."""
+    """tokenize's number for `dvc metrics show`: the share of train texts cut at sentiment.model.max_length."""
     return {"truncated_fraction": report["train"]["truncated_fraction"]}
 
 
 def run(params: Params, prepared: Path, out: Path, metrics: Path, report_file: Path) -> None:
-    tokenizer = load_tokenizer(params.model.name)
+    tokenizer = load_tokenizer(params.sentiment.model.name)
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "tokenizer": type(tokenizer).__name__,
         "vocab_size": tokenizer.vocab_size,
-        "max_length": params.model.max_length,
+        "max_length": params.sentiment.model.max_length,
     }
     for split in SPLITS:
         frame = pd.read_parquet(prepared / f"{split}.parquet")
-        encoded, lengths = encode(frame, tokenizer, params.model.max_length, params.labels)
+        encoded, lengths = encode(frame, tokenizer, params.sentiment.model.max_length, params.sentiment.labels)
         encoded.to_parquet(out / f"{split}.parquet", index=False)
-        report[split] = length_report(lengths, params.model.max_length)
+        report[split] = length_report(lengths, params.sentiment.model.max_length)
         log.info("%s: %s", split, report[split])
     cli.write_results(report_file, metrics, report, headline(report))
 
 
 def main(argv=None) -> int:
-    return cli.main("tokenize", __doc__, ["prepared", "out", "metrics", "report-file"], run, argv)
+    return cli.main("sentiment_tokenize", __doc__, ["prepared", "out", "metrics", "report-file"], run, argv)
 
 
 if __name__ == "__main__":
