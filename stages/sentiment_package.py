@@ -10,21 +10,13 @@ an artifact), aliased `challenger`, with the gate evidence as version tags.
 
 from __future__ import annotations
 
-import logging
-import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
 from textops import cli
-from textops.errors import PipelineError
-from textops.onnx_export import INT8_FILE, MODEL_FILE
-from textops.packaging import manifest, register
+from textops.packaging import REPORTS, fresh_package, read_reports, register, write_card_and_manifest
 from textops.params import Params, flatten
-from textops.tracking import git_state
 
-log = logging.getLogger("textops.package")
 TASK = "sentiment"
-REPORTS = ("prepare", "train", "evaluate", "quantize")
 
 
 def model_card(params: Params, reports: dict, git: dict, created: str) -> str:
@@ -126,37 +118,20 @@ def run(
     quantize_report: Path,
     out: Path,
 ) -> None:
-    reports = dict(zip(REPORTS, (prepare_report, train_report, evaluate_report, quantize_report)))
-    missing = [str(p) for p in [*reports.values(), int8 / INT8_FILE] if not p.is_file()]
-    if missing:
-        raise PipelineError(f"package needs the outputs of the earlier stages; missing: {missing} (run `dvc repro`)")
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for f in int8.iterdir():
-        if f.name == "ort_config.json":
-            continue
-        shutil.copy2(f, out / (MODEL_FILE if f.name == INT8_FILE else f.name))
-    cli.write_json(out / "labels.json", params.sentiment.labels)
-    report_data = {name: cli.read_json(path) for name, path in reports.items()}
-    git = git_state()
-    created = datetime.now(UTC).isoformat(timespec="seconds")
-    (out / "MODEL_CARD.md").write_text(model_card(params, report_data, git, created), encoding="utf-8")
-    cli.write_json(
-        out / "manifest.json",
-        {
-            "name": params.sentiment.package.model_name,
-            "task": TASK,
-            "model_file": MODEL_FILE,
-            "labels": params.sentiment.labels,
-            "max_length": params.sentiment.model.max_length,
-            "git": git,
-            "created": created,
-            "data_hash": report_data["prepare"]["data_hash"],
-            "files": manifest(out),
-        },
+    report_data = read_reports(
+        "sentiment_package", int8, (prepare_report, train_report, evaluate_report, quantize_report)
     )
-    log.info("packaged %d files into %s", len(list(out.iterdir())), out)
+    made = fresh_package(int8, out)
+    cli.write_json(out / "labels.json", params.sentiment.labels)
+    git = made["git"]
+    fields = {
+        "name": params.sentiment.package.model_name,
+        "task": TASK,
+        "labels": params.sentiment.labels,
+        "max_length": params.sentiment.model.max_length,
+        "data_hash": report_data["prepare"]["data_hash"],
+    }
+    write_card_and_manifest(out, model_card(params, report_data, git, made["created"]), fields, made)
     register(
         params.sentiment.tracking,
         params.sentiment.package.model_name,

@@ -18,8 +18,7 @@ from pathlib import Path
 from textops import cli
 from textops.params import Params, flatten
 from textops.sentiment.training import curves, train
-from textops.tracking import ModelRun
-from textops.training import record_training
+from textops.training import record_training, start_run
 
 # What `dvc metrics show` gets from the report (key names shared by both train stages).
 HEADLINE = ("samples_per_second", "wall_time_s", "train_loss", "eval_loss", "eval_accuracy")
@@ -35,17 +34,10 @@ def run(
     metrics: Path,
     report_file: Path,
 ) -> None:
-    data = cli.read_json(prepare_report)
-    tracker = ModelRun(params.sentiment.tracking.enabled, params.sentiment.tracking.experiment).start(
-        run_name=f"sentiment-{Path(params.sentiment.model.name).name}",
-        tags={
-            "task": "sentiment",
-            "data_hash": data["data_hash"],
-            "data_source": data["source"],
-            "base_model": params.sentiment.model.name,
-        },
+    s = params.sentiment
+    tracker = start_run(
+        s.tracking, "sentiment", f"sentiment-{Path(s.model.name).name}", prepare_report, s.model.name, flatten(params)
     )
-    tracker.log_params(flatten(params))
     record_training(
         tracker,
         lambda: train(params, tokenized, out, checkpoints),

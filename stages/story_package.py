@@ -12,22 +12,15 @@ Run: python -m stages.story_package --model M --int8 I --prepare-report ... --ou
 
 from __future__ import annotations
 
-import logging
-import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
 from textops import cli
-from textops.errors import GateFailed, PipelineError
-from textops.onnx_export import INT8_FILE, MODEL_FILE
-from textops.packaging import manifest, register
+from textops.errors import GateFailed
+from textops.packaging import REPORTS, fresh_package, read_reports, register, write_card_and_manifest
 from textops.params import Params, flatten
 from textops.tasks.story import int8_problems
-from textops.tracking import git_state
 
-log = logging.getLogger("textops.story_package")
 TASK = "story"
-REPORTS = ("prepare", "train", "evaluate", "quantize")
 BACKENDS = ("pytorch_fp32_generate", "optimum_int8_generate", "onnx_fp32_loop", "onnx_int8_loop")
 
 
@@ -159,42 +152,21 @@ def run(
     quantize_report: Path,
     out: Path,
 ) -> None:
-    reports = dict(zip(REPORTS, (prepare_report, train_report, evaluate_report, quantize_report)))
-    missing = [str(p) for p in [*reports.values(), int8 / INT8_FILE] if not p.is_file()]
-    if missing:
-        raise PipelineError(
-            f"story_package needs the outputs of the earlier stages; missing: {missing} (run `dvc repro story_package`)"
-        )
-    data = {name: cli.read_json(path) for name, path in reports.items()}
+    data = read_reports("story_package", int8, (prepare_report, train_report, evaluate_report, quantize_report))
     q = params.story.quantize
     problems = int8_problems(data["quantize"], q.max_perplexity_change, q.min_greedy_agreement)
     if problems:  # the report predates a params change, or was edited: never ship a model that fails it
         raise GateFailed(f"{quantize_report} fails the INT8 gate:\n  - " + "\n  - ".join(problems))
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for f in int8.iterdir():
-        if f.is_file() and f.suffix != ".onnx" and f.name != "ort_config.json":
-            shutil.copy2(f, out / f.name)
-    shutil.copy2(int8 / INT8_FILE, out / MODEL_FILE)
-    git = git_state()
-    created = datetime.now(UTC).isoformat(timespec="seconds")
+    made = fresh_package(int8, out)
+    git = made["git"]
     config = cli.read_json(out / "config.json")
-    (out / "MODEL_CARD.md").write_text(model_card(params, data, config, git, created), encoding="utf-8")
-    cli.write_json(
-        out / "manifest.json",
-        {
-            "name": params.story.package.model_name,
-            "task": TASK,
-            "model_file": MODEL_FILE,
-            "context": config.get("n_positions"),
-            "git": git,
-            "created": created,
-            "data_hash": data["prepare"]["data_hash"],
-            "files": manifest(out),
-        },
-    )
-    log.info("packaged %d files into %s", len(list(out.iterdir())), out)
+    fields = {
+        "name": params.story.package.model_name,
+        "task": TASK,
+        "context": config.get("n_positions"),
+        "data_hash": data["prepare"]["data_hash"],
+    }
+    write_card_and_manifest(out, model_card(params, data, config, git, made["created"]), fields, made)
     register(params.story.tracking, params.story.package.model_name, model, out, evidence(data, git, "passed"), TASK)
 
 

@@ -19,8 +19,7 @@ from textops import cli
 from textops.params import Params, flatten
 from textops.story.lm import passive_thread_wait
 from textops.story.training import curves, train
-from textops.tracking import ModelRun
-from textops.training import record_training
+from textops.training import record_training, start_run
 
 # What `dvc metrics show` gets from the report (key names shared by both train stages).
 HEADLINE = ("samples_per_second", "wall_time_s", "train_loss", "eval_loss", "eval_perplexity")
@@ -36,19 +35,12 @@ def run(
     metrics: Path,
     report_file: Path,
 ) -> None:
-    data, s = cli.read_json(prepare_report), params.story
+    s = params.story
     base = Path(s.model.base).name if s.model.base else "scratch"
-    tracker = ModelRun(s.tracking.enabled, s.tracking.experiment).start(
-        run_name=f"story-{base}-{s.train.method}",
-        tags={
-            "task": "story",
-            "data_hash": data["data_hash"],
-            "data_source": data["source"],
-            "base_model": s.model.base or "gpt2-from-scratch",
-            "mlflow.source.name": "dvc repro (stages.story_train)",
-        },
+    run_name = f"story-{base}-{s.train.method}"
+    tracker = start_run(
+        s.tracking, "story", run_name, prepare_report, s.model.base or "gpt2-from-scratch", flatten(params)
     )
-    tracker.log_params({f"story.{k}": v for k, v in flatten(s).items()})
     record_training(
         tracker,
         lambda: train(params, tokenized, out, checkpoints),

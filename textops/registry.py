@@ -168,17 +168,23 @@ def requirements() -> list[str]:
     return [f"{p}=={installed(p)}" for p in SERVING_PACKAGES]
 
 
-def register(name: str, run_id: str, package_dir: Path, fp32_dir: Path, evidence: dict[str, str], task: str) -> str:
-    """Log the package as a pyfunc in the run, register it as a new version, tag it, alias challenger."""
+def register(
+    name: str,
+    run_id: str,
+    package_dir: Path,
+    fp32_dir: Path,
+    evidence: dict[str, str],
+    flavour: Callable[[Path], tuple],
+) -> str:
+    """Log the package as a pyfunc in the run, register it as a new version, tag it, alias challenger.
+    `flavour(package_dir)` is the task's (textops.tasks): pyfunc, input example, its output, params schema."""
     from mlflow.models import infer_signature
 
     import mlflow
 
     if not (package_dir / "model.onnx").is_file():
         raise RegistryError(f"{package_dir}/model.onnx is missing: run the package stage first (dvc repro)")
-    from textops import tasks
-
-    python_model, example, output, params = tasks.get(task).flavour(package_dir)
+    python_model, example, output, params = flavour(package_dir)
     version = None
     try:
         with mlflow.start_run(run_id=run_id):

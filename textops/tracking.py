@@ -167,7 +167,7 @@ class ModelRun:
                     tags={
                         **git_tags(),
                         "mlflow.user": getpass.getuser(),
-                        "mlflow.source.name": "dvc repro (stages.train)",
+                        "mlflow.source.name": "dvc repro",
                         **tags,
                     },
                 )

@@ -6,6 +6,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from textops import cli
 from textops.tracking import ModelRun, numeric, write_run_id
@@ -29,6 +30,22 @@ def last_checkpoint(checkpoints: Path, stamp_value: str) -> str | None:
         log.info("ignoring incomplete checkpoint %s", candidate)
         shutil.rmtree(candidate)
     return None
+
+
+def start_run(tracking: Any, task: str, run_name: str, prepare_report: Path, base_model: str, params: dict) -> ModelRun:
+    """The model's MLflow run, opened by a train stage: tagged with its task, data (hash and source, from
+    prepare's report) and base model, with the stage's params (dotted keys) logged."""
+    data = cli.read_json(prepare_report)
+    tags = {
+        "task": task,
+        "data_hash": data["data_hash"],
+        "data_source": data["source"],
+        "base_model": base_model,
+        "mlflow.source.name": f"dvc repro (stages.{task}_train)",
+    }
+    tracker = ModelRun(tracking.enabled, tracking.experiment).start(run_name=run_name, tags=tags)
+    tracker.log_params(params)
+    return tracker
 
 
 def record_training(

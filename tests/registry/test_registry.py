@@ -109,7 +109,7 @@ def test_registering_before_the_package_exists_fails(models, tmp_path):
     run_id = registry.require_version(NAME, "1").tags["run_id"]
     before = len(registry.client().search_model_versions(f"name='{NAME}'"))
     with pytest.raises(registry.RegistryError, match="run the package stage first"):
-        registry.register(NAME, run_id, tmp_path / "no-package", tmp_path, {}, "sentiment")
+        registry.register(NAME, run_id, tmp_path / "no-package", tmp_path, {}, tasks.get("sentiment").flavour)
     assert len(registry.client().search_model_versions(f"name='{NAME}'")) == before
 
 

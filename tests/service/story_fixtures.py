@@ -89,10 +89,10 @@ def build_package(root: Path, seed: int = 0, steps: int = 60) -> Path:
 def register(root: Path, tags: dict[str, str] = TAGS) -> str:
     """A new registered version of root/package (FP32 beside it in root/fp32), by the package stage's own call."""
     import mlflow
-    from textops import registry
+    from textops import registry, tasks
     from textops.tracking import configure
 
     configure("story-service-tests")  # artifacts beside the test store, not in ./mlruns
     with mlflow.start_run() as run:
         pass
-    return registry.register(NAME, run.info.run_id, root / "package", root / "fp32", tags, task="story")
+    return registry.register(NAME, run.info.run_id, root / "package", root / "fp32", tags, tasks.get("story").flavour)
