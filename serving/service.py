@@ -1,4 +1,5 @@
-"""The sentiment service: POST /classify with adaptive batching, GET /metadata, hot swap in registry mode.
+"""The sentiment service: POST /classify with adaptive batching, POST /explain (a score per word), GET /explain/view
+(the same as a page), GET /metadata, hot swap in registry mode.
 
 Run: `bentoml serve` from the repository (registry mode: follows `serve.alias` in MLflow), or
 `bentoml build` then `bentoml serve sentiment:latest` (the Bento's bundled version, no MLflow).
@@ -7,7 +8,8 @@ Params: the `serve` section of params.yaml (batching, limits, poll interval), `p
 Limits, each answered with 4xx and a message (never 500): empty or whitespace-only text, NUL
 characters, lone surrogates, texts over `serve.max_chars` characters (rejected; texts under it are
 cut at `model.max_length` tokens, as in training), more than `serve.max_items` texts, bodies over
-`serve.max_body_bytes` (413), wrong JSON types (400), the pickle content type (415, BentoML).
+`serve.max_body_bytes` (413), wrong JSON types (400), the pickle content type (415, BentoML). /explain has
+the same limits, and smaller caps: `serve.explain_max_items` texts, `serve.explain_max_words` words per text.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from bentoml.validators import ContentType
 from pydantic import BaseModel, BeforeValidator, Field
 from pydantic.functional_validators import AfterValidator
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from serving import batching
 from serving.limits import BodyLimit, quiet_client_errors
 from serving.models import Hosted, RegistryModel, Source
+from textops import explain as explaining
 from textops.params import load_params
 
 log = logging.getLogger("bentoml.service.sentiment")
@@ -71,6 +75,42 @@ Texts = Annotated[
 ]
 
 
+def check_words(text: str) -> str:
+    count = len(explaining.words_of(text))
+    if count > SERVE.explain_max_words:
+        raise ValueError(
+            f"text has {count} words; /explain scores each one and its limit is "
+            f"serve.explain_max_words={SERVE.explain_max_words}"
+        )
+    return text
+
+
+ExplainText = Annotated[Text, AfterValidator(check_words)]
+ExplainTexts = Annotated[
+    list[ExplainText],
+    BeforeValidator(one_or_many, json_schema_input_type=list[ExplainText] | str),
+    Field(
+        min_length=1,
+        max_length=SERVE.explain_max_items,
+        description=f"One text, or a list of 1 to {SERVE.explain_max_items} texts "
+        f"(each at most {SERVE.explain_max_words} words).",
+    ),
+]
+
+
+class WordScore(BaseModel):
+    word: str
+    score: float = Field(description="how much the label's probability falls when the word is left out")
+
+
+class Explanation(BaseModel):
+    label: str
+    probability: float = Field(description="softmax probability of the label")
+    probabilities: dict[str, float] = Field(description="softmax probability of every class")
+    words: list[WordScore] = Field(description="each word of the text (split on whitespace), in order, scored")
+    method: str = explaining.METHOD
+
+
 class Prediction(BaseModel):
     label: str
     probability: float = Field(description="softmax probability of the label")
@@ -103,7 +143,26 @@ async def metadata(request: Request) -> JSONResponse:
     )
 
 
-@bentoml.asgi_app(Starlette(routes=[Route("/metadata", metadata, methods=["GET"])]), path="/")
+async def explain_view(request: Request) -> HTMLResponse:
+    """GET /explain/view?text=...: the explanation of one text as a page (words shaded by score)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    text = request.query_params.get("text")
+    if text is None:
+        text = "a charming , funny film ."
+    try:
+        text = TypeAdapter(ExplainText).validate_python(text)
+    except ValidationError as error:
+        return HTMLResponse("; ".join(e["msg"] for e in error.errors()), status_code=400)
+    classifier = bentoml.get_current_service().loaded.classifier
+    result = await run_in_threadpool(explaining.explain, classifier, text, SERVE.inference_batch_size)
+    return HTMLResponse(explaining.html(result, text))
+
+
+ROUTES = [Route("/metadata", metadata, methods=["GET"]), Route("/explain/view", explain_view, methods=["GET"])]
+
+
+@bentoml.asgi_app(Starlette(routes=ROUTES), path="/")
 @bentoml.service(
     name="sentiment", workers=SERVE.workers, traffic={"timeout": 60}, logging={"access": {"enabled": SERVE.access_log}}
 )
@@ -120,6 +179,12 @@ class Sentiment(Hosted):
         loaded = self.loaded  # one model for the whole batch, even if a swap lands meanwhile
         rows = loaded.classifier.classify(texts, batch_size=SERVE.inference_batch_size)
         return [Prediction(**row) for row in rows]
+
+    @bentoml.api
+    def explain(self, texts: ExplainTexts) -> Annotated[list[Explanation], ContentType("application/json")]:
+        """/classify's answer for each text plus a score per word: occlusion on the served model (docs/serving.md)."""
+        classifier = self.loaded.classifier  # one model for the whole request
+        return [Explanation(**explaining.explain(classifier, t, SERVE.inference_batch_size)) for t in texts]
 
 
 Sentiment.add_asgi_middleware(BodyLimit, max_bytes=SERVE.max_body_bytes)

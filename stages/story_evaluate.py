@@ -2,11 +2,14 @@
 
 In:  --model (story_train's out: GPT2LMHeadModel and tokenizer), --tokenized/eval.npy.
 Out: --report-file (eval loss per token and per character, perplexity; per strategy: repetition rate, distinct-1/2 of the generated
-     words), --report (markdown: each prompt x seed x strategy with its text).
+     words), --report (markdown: each prompt x seed x strategy with its text), --figures (attention/prompt_NN.png:
+     the last layer's causal attention over each prompt, as the model reads it after <|endoftext|>; also
+     logged to MLflow).
      --metrics: the report's headline numbers (dvc metrics show).
 Params: story.seed, story.evaluate.* (prompts, seeds, max_new_tokens, strategies, the gate).
 Gate: perplexity above story.evaluate.max_perplexity fails the stage (after the reports are written).
-Run: python -m stages.story_evaluate --model ... --tokenized ... --metrics ... --report-file ... --report ... (dvc.yaml passes the paths)
+Run: python -m stages.story_evaluate --model ... --tokenized ... --metrics ... --report-file ... --report ... --figures ...
+     (dvc.yaml passes the paths)
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 from textops import cli
 from textops.errors import GateFailed, PipelineError
 from textops.params import GenerationParams, Params
+from textops.plots import attention_png
 from textops.story.corpus import SEPARATOR
 from textops.story.generation import document_ids
 from textops.story.lm import (
@@ -31,6 +35,7 @@ from textops.story.lm import (
     repetition_rate,
     torch_logits,
 )
+from textops.tokenizers import labels
 from textops.tracking import ModelRun, numeric
 
 log = logging.getLogger("textops.story_evaluate")
@@ -43,6 +48,27 @@ def load(model_dir: Path):
         raise PipelineError(f"{model_dir} holds no model (config.json missing): run story_train first")
     model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
     return model, AutoTokenizer.from_pretrained(model_dir)
+
+
+def attention_figures(model_dir: Path, tokenizer, prompts: list[str], figures: Path) -> list[Path]:
+    """One PNG per prompt: the last layer's attention (heads and their mean) over the prompt's tokens, the
+    <|endoftext|> that starts a document first; a prompt longer than the context keeps its last tokens."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    # SDPA kernels return no attention weights; the eager path does.
+    model = GPT2LMHeadModel.from_pretrained(model_dir, attn_implementation="eager").eval()
+    for stale in (figures / "attention").glob("prompt_*.png"):  # from a run with more prompts
+        stale.unlink()
+    paths = []
+    for i, prompt in enumerate(prompts):
+        ids = document_ids(tokenizer, prompt, tokenizer.eos_token_id)[-model.config.n_positions :]
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([ids]), output_attentions=True)
+        path = figures / "attention" / f"prompt_{i:02d}.png"
+        attention_png(out.attentions[-1][0].float().numpy(), labels(tokenizer, ids), path, prompt, causal=True)
+        paths.append(path)
+    return paths
 
 
 def chars_predicted(tokenizer, blocks: np.ndarray) -> int:
@@ -135,7 +161,9 @@ def headline(report: dict) -> dict:
     return {"perplexity": report["perplexity"]}
 
 
-def run(params: Params, model: Path, tokenized: Path, metrics: Path, report: Path, report_file: Path) -> None:
+def run(
+    params: Params, model: Path, tokenized: Path, metrics: Path, report: Path, report_file: Path, figures: Path
+) -> None:
     e = params.story.evaluate
     lm, tokenizer = load(model)
     blocks = eval_blocks(np.load(tokenized / "eval.npy"), lm.config.n_positions)
@@ -154,9 +182,11 @@ def run(params: Params, model: Path, tokenized: Path, metrics: Path, report: Pat
     cli.write_results(report_file, metrics, result, headline(result))
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(render_report(result, samples, params), encoding="utf-8")
+    attention_figures(model, tokenizer, e.prompts, figures)
     tracker = ModelRun(params.story.tracking.enabled, params.story.tracking.experiment).reopen(model)
     tracker.log_metrics(numeric("eval", result))
     tracker.log_artifact(report, "evaluate")
+    tracker.log_artifact(figures, "evaluate")
     log.info(
         "eval loss %.4f, perplexity %.3f on %d blocks; %s",
         loss,
@@ -173,7 +203,9 @@ def run(params: Params, model: Path, tokenized: Path, metrics: Path, report: Pat
 
 def main(argv=None) -> int:
     passive_thread_wait()
-    return cli.main("story_evaluate", __doc__, ["model", "tokenized", "metrics", "report", "report-file"], run, argv)
+    return cli.main(
+        "story_evaluate", __doc__, ["model", "tokenized", "metrics", "report", "report-file", "figures"], run, argv
+    )
 
 
 if __name__ == "__main__":

@@ -2,12 +2,17 @@
 
 In:  --prepared/{train,eval}.txt (documents separated by a blank line).
 Out: --out/tokenizer/ (PreTrainedTokenizerFast; eos = bos = pad = <|endoftext|>), train.npy and eval.npy
-     (1-D int32: each split's documents with the eos id between them), report.md (tokens per word
-     against the sentiment model's WordPiece); --report-file (vocabulary, token counts, round-trip check).
-     --metrics: the report's headline numbers (dvc metrics show).
-Params: story.tokenize.* (kind char, bpe or base), story.model.base (kind base), sentiment.model.name (the
-        WordPiece compared against).
-Run: python -m stages.story_tokenize --prepared ... --out ... --metrics ... --report-file ... (dvc.yaml passes the paths)
+     (1-D int32: each split's documents with the eos id between them): story_train's input, nothing else;
+     --report (markdown, one table: the pieces, tokens per word and unknown tokens of this tokenizer, the
+     sentiment model's WordPiece and, when story.model.base is set, the base model's own, on
+     story.tokenize.compare_sentences and the eval split; textops.tokenizers), kept out of --out so that a
+     change to the report alone does not rerun story_train; --report-file (vocabulary, token counts,
+     round-trip check, the same comparison). --metrics: the report's headline numbers (dvc metrics show).
+Params: story.tokenize.* (kind char, bpe or base), story.model.base (kind base; else compared against),
+        sentiment.model.name (the WordPiece compared against). A tokenizer that cannot be loaded offline is
+        named in the report and left out.
+Run: python -m stages.story_tokenize --prepared ... --out ... --metrics ... --report-file ... --report ...
+     (dvc.yaml passes the paths)
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ import numpy as np
 
 from textops import cli
 from textops.errors import PipelineError
-from textops.modeling import load_tokenizer
 from textops.params import Params
 from textops.story.corpus import SEPARATOR
-from textops.story.tokenizer import build_tokenizer, encode_stream, roundtrip_failures, tokens_per_word, words
+from textops.story.tokenizer import build_tokenizer, encode_stream, roundtrip_failures
+from textops.tokenizers import algorithm, compare, render_table, try_load
 
 log = logging.getLogger("textops.story_tokenize")
 SPLITS = ("train", "eval")
@@ -38,49 +43,44 @@ def read_documents(prepared: Path, split: str) -> list[str]:
     return docs
 
 
-def comparison(tokenizer, wordpiece, name: str, sentences: list[str], eval_docs: list[str]) -> list[dict]:
-    """Tokens per word of both tokenizers on each sentence and on the whole eval split."""
-    rows = [
-        {
-            "text": s,
-            "words": words(s),
-            "story": tokens_per_word(tokenizer, [s]),
-            name: tokens_per_word(wordpiece, [s]) if wordpiece else None,
-            "pieces": [tokenizer.decode([i]) for i in tokenizer(s, add_special_tokens=False)["input_ids"]],
-        }
-        for s in sentences
-    ]
-    rows.append(
-        {
-            "text": "(eval split)",
-            "words": sum(map(words, eval_docs)),
-            "story": tokens_per_word(tokenizer, eval_docs),
-            name: tokens_per_word(wordpiece, eval_docs) if wordpiece else None,
-            "pieces": None,
-        }
-    )
-    return rows
+def compared_tokenizers(params: Params, tokenizer) -> tuple[dict[str, str], dict[str, object], list[str]]:
+    """The story tokenizer, the sentiment model's (its WordPiece), and story.model.base's own when that is set
+    and is not already the story tokenizer. Returns role -> name in the report, name -> tokenizer, and why any
+    could not be loaded (the comparison is a report, not a reason to stop the story task)."""
+    kind, base = params.story.tokenize.kind, params.story.model.base
+    roles = {"story": "story " + ("characters" if kind == "char" else algorithm(tokenizer))}
+    if kind == "base":
+        roles["story"] += f" (`{base}`)"
+    found = {roles["story"]: tokenizer}
+    missing = []
+    others = [("sentiment", params.sentiment.model.name)]
+    if base and kind != "base":
+        others.append(("base", base))
+    for role, name in others:
+        loaded, why = try_load(name)
+        if loaded is None:
+            missing.append(f"the {role} tokenizer `{name}` could not be loaded ({why})")
+        else:
+            roles[role] = f"{role} {algorithm(loaded)} (`{name}`)"
+            found[roles[role]] = loaded
+    return roles, found, missing
 
 
-def render_report(metrics: dict, rows: list[dict], name: str, why_missing: str) -> str:
+def render_report(metrics: dict, rows: list[dict], missing: list[str]) -> str:
     lines = [
         "# Story tokenizer",
         "",
         f"Kind **{metrics['kind']}**, vocabulary {metrics['vocab_size']}; tokens: train {metrics['tokens']['train']}, "
         f"eval {metrics['tokens']['eval']} ({metrics['chars_per_token']} characters per token on eval).",
         "",
-        f"## Tokens per word: this tokenizer against `{name}` (the sentiment model's)",
+        "## This tokenizer against the sentiment model's (and story.model.base's, when set)",
+        "",
+        "Pieces are joined by ` | `; `␣` is a space inside a piece, `##` continues a WordPiece word. "
+        "Words are whitespace-separated; unknown counts the tokenizer's unknown token ([UNK]).",
         "",
     ]
-    if why_missing:
-        lines += [f"The `{name}` tokenizer could not be loaded ({why_missing}); only this tokenizer is shown.", ""]
-    lines += ["| text | words | story | sentiment |", "|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['text'].replace('|', '/')} | {r['words']} | {r['story']} | {r[name] if r[name] is not None else '-'} |"
-        )
-    lines += ["", "## How the sentences split (pieces joined by ` | `)", ""]
-    lines += [f"- `{' | '.join(p.replace(chr(10), '⏎') for p in r['pieces'])}`" for r in rows if r["pieces"]]
+    lines += [f"Not shown: {why}." for why in missing] + ([""] if missing else [])
+    lines += render_table(rows)
     return "\n".join(lines) + "\n"
 
 
@@ -88,7 +88,11 @@ def headline(report: dict) -> dict:
     return {"tokens": {"train": report["tokens"]["train"]}, "chars_per_token": report["chars_per_token"]}
 
 
-def run(params: Params, prepared: Path, out: Path, metrics: Path, report_file: Path) -> None:
+def run(
+    params: Params, prepared: Path, out: Path, metrics: Path, report_file: Path, report: Path | None = None
+) -> None:
+    """report: the markdown report (dvc.yaml always passes it; None skips it, for callers that want only the
+    tokenizer and the streams)."""
     docs = {split: read_documents(prepared, split) for split in SPLITS}
     tokenizer = build_tokenizer(params.story, docs["train"])
     out.mkdir(parents=True, exist_ok=True)
@@ -96,11 +100,8 @@ def run(params: Params, prepared: Path, out: Path, metrics: Path, report_file: P
     streams = {split: encode_stream(tokenizer, docs[split]) for split in SPLITS}
     for split, stream in streams.items():
         np.save(out / f"{split}.npy", stream)
-    try:
-        wordpiece, why_missing = load_tokenizer(params.sentiment.model.name), ""
-    except PipelineError as error:  # the comparison is a report, not a reason to stop the story task
-        wordpiece, why_missing = None, str(error)
-    report = {
+    roles, compared, missing = compared_tokenizers(params, tokenizer)
+    result = {
         "kind": params.story.tokenize.kind,
         "vocab_size": len(tokenizer),
         "documents": {s: len(d) for s, d in docs.items()},
@@ -113,23 +114,24 @@ def run(params: Params, prepared: Path, out: Path, metrics: Path, report_file: P
         else 0,
         "eval_roundtrip_failures": roundtrip_failures(tokenizer, docs["eval"]),
     }
-    rows = comparison(
-        tokenizer, wordpiece, params.sentiment.model.name, params.story.tokenize.compare_sentences, docs["eval"]
-    )
-    report["tokens_per_word"] = {
-        "story_eval": rows[-1]["story"],
-        "sentiment_eval": rows[-1][params.sentiment.model.name],
+    rows = compare(compared, params.story.tokenize.compare_sentences, docs["eval"])
+    on_eval = {r["tokenizer"]: r["tokens_per_word"] for r in rows if "pieces" not in r}
+    result["tokens_per_word"] = {
+        "story_eval": on_eval[roles["story"]],
+        "sentiment_eval": on_eval.get(roles.get("sentiment")),
         "sentiment_model": params.sentiment.model.name,
     }
-    (out / "report.md").write_text(
-        render_report(report, rows, params.sentiment.model.name, why_missing), encoding="utf-8"
-    )
-    cli.write_results(report_file, metrics, report, headline(report))
-    log.info("%s", report)
+    result["compare"] = rows
+    result["compare_missing"] = missing
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(render_report(result, rows, missing), encoding="utf-8")
+    cli.write_results(report_file, metrics, result, headline(result))
+    log.info("%s", {k: v for k, v in result.items() if k != "compare"})
 
 
 def main(argv=None) -> int:
-    return cli.main("story_tokenize", __doc__, ["prepared", "out", "metrics", "report-file"], run, argv)
+    return cli.main("story_tokenize", __doc__, ["prepared", "out", "metrics", "report-file", "report"], run, argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ turns on). `for_stage` gives a stage only the keys dvc.yaml lists for it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -56,8 +56,16 @@ class PrepareParams(Section):
         return value
 
 
+# A sentence for a tokenizer report: holds at least one non-space character.
+Sentence = Annotated[str, Field(pattern=r"\S")]
+
+
 class TokenizeParams(Section):
-    pass
+    # The model tokenizer's pieces, tokens per word and unknown tokens on these, in sentiment_tokenize's report,
+    # beside a byte-level BPE trained on the train split for that report only (the model keeps its WordPiece).
+    compare_sentences: list[Sentence]
+    bpe_vocab_size: int = Field(ge=64, le=65536)
+    bpe_min_frequency: int = Field(ge=1)
 
 
 class LoraParams(Section):
@@ -156,6 +164,8 @@ class ServeParams(Section):
     inference_batch_size: int = Field(ge=1)  # texts per ONNX call within a gathered batch (length-sorted)
     poll_interval_s: float = Field(gt=0)  # registry mode: how often the alias is checked
     access_log: bool  # BentoML's per-request log line: ~2 ms of CPU per request here
+    explain_max_items: int = Field(ge=1)  # texts in one /explain request
+    explain_max_words: int = Field(ge=1)  # words per /explain text: it costs one model call per word
 
 
 class SentimentParams(Section):
@@ -232,8 +242,9 @@ class StoryTokenizeParams(Section):
     kind: Literal["bpe", "char", "base"]
     vocab_size: int = Field(ge=64, le=65536)  # bpe only
     min_frequency: int = Field(ge=1)
-    # Tokens per word of this tokenizer against the sentiment model's WordPiece, on these sentences.
-    compare_sentences: list[str]
+    # Pieces, tokens per word and unknown tokens of this tokenizer, the sentiment model's WordPiece and
+    # story.model.base's own (when set), on these sentences, in story_tokenize's report.
+    compare_sentences: list[Sentence]
 
 
 class StoryTrainParams(Section):

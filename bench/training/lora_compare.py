@@ -133,6 +133,7 @@ def sentiment(args, base: dict, work: Path) -> list[dict]:
         prepared=work / "prepared",
         out=work / "tokenized",
         metrics=work / "tokenize.json",
+        report=work / "tokenize.md",
     )
     rows = []
     for method, lr in runs(args.sst2_full_lr, args.sst2_lora_lr):
@@ -209,7 +210,15 @@ def stories_model(args, base: dict, work: Path) -> Path:
         },
     )
     stage("story_prepare", p, s, out=s / "prepared", metrics=s / "prepare.json")
-    stage("story_tokenize", p, s, prepared=s / "prepared", out=s / "tokenized", metrics=s / "tokenize.json")
+    stage(
+        "story_tokenize",
+        p,
+        s,
+        prepared=s / "prepared",
+        out=s / "tokenized",
+        metrics=s / "tokenize.json",
+        report=s / "tokenize.md",
+    )
     stage(
         "story_train",
         p,
@@ -250,7 +259,15 @@ def story(args, base: dict, work: Path) -> list[dict]:
     sh.mkdir(parents=True, exist_ok=True)
     p = params_file(base, sh / "shakespeare-before.yaml", common)
     stage("story_prepare", p, sh, out=sh / "prepared", metrics=sh / "prepare.json")
-    stage("story_tokenize", p, sh, prepared=sh / "prepared", out=sh / "tokenized", metrics=sh / "tokenize.json")
+    stage(
+        "story_tokenize",
+        p,
+        sh,
+        prepared=sh / "prepared",
+        out=sh / "tokenized",
+        metrics=sh / "tokenize.json",
+        report=sh / "tokenize.md",
+    )
     rows = [
         result_row("none (stories model as is)", None, None, story_evaluate(p, model, sh / "tokenized", sh / "before"))
     ]

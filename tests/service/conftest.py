@@ -27,6 +27,8 @@ SERVE = {
     "poll_interval_s": 1.0,
     "workers": 2,
     "access_log": True,
+    "explain_max_items": 4,
+    "explain_max_words": 12,
 }
 
 

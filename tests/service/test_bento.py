@@ -84,3 +84,21 @@ def test_bento_applies_its_bundled_limits(bento_server):
     response = classify(bento_server.url, ["good"] * (SERVE["max_items"] + 1))
     assert response.status_code == 400
     assert f"at most {SERVE['max_items']} items" in response.text
+
+
+def test_bento_explains_with_the_bundled_version(bento, bento_server, models):
+    """/explain and its page through the built Bento: the bundled model's own explanation."""
+    import httpx
+
+    from textops.explain import explain
+    from textops.inference import OnnxClassifier
+
+    local = OnnxClassifier(models[bento["version"]], "model.onnx")
+    response = httpx.post(f"{bento_server.url}/explain", json={"texts": TEXTS[0]}, timeout=60)
+    assert response.status_code == 200, response.text
+    (got,) = response.json()
+    want = explain(local, TEXTS[0])
+    assert [w["word"] for w in got["words"]] == [w["word"] for w in want["words"]]
+    assert [w["score"] for w in got["words"]] == pytest.approx([w["score"] for w in want["words"]], abs=1e-5)
+    page = httpx.get(f"{bento_server.url}/explain/view", params={"text": TEXTS[2]}, timeout=60)
+    assert page.status_code == 200 and page.text.count('class="w"') == len(TEXTS[2].split())

@@ -1,4 +1,4 @@
-"""Schemathesis on /classify of the live registry-mode server: valid and invalid bodies drawn from
+"""Schemathesis on /classify and /explain of the live registry-mode server: valid and invalid bodies drawn from
 its OpenAPI schema; every one must get 200 or a 4xx, never a 5xx.
 
 Not `schemathesis.pytest.from_fixture(...).parametrize()`: with pytest 9.2 it fails at run time
@@ -29,10 +29,23 @@ SEEN: Counter = Counter()  # status codes over all examples, for the check after
 
 
 @pytest.fixture(scope="module")
-def classify_cases(registry_server):
-    schema = schemathesis.openapi.from_url(f"{registry_server.url}/docs.json", timeout=10)
-    operation = schema["/classify"]["POST"]
+def schema(registry_server):
+    return schemathesis.openapi.from_url(f"{registry_server.url}/docs.json", timeout=10)
+
+
+def cases(schema, path: str):
+    operation = schema[path]["POST"]
     return st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
+
+
+@pytest.fixture(scope="module")
+def classify_cases(schema):
+    return cases(schema, "/classify")
+
+
+@pytest.fixture(scope="module")
+def explain_cases(schema):
+    return cases(schema, "/explain")
 
 
 # 150 requests take 2-5 s here; the module-scoped fixtures are the same for every example.
@@ -46,6 +59,27 @@ def test_classify_never_answers_5xx(registry_server, classify_cases, data):
     if response.status_code == 200:
         for row in response.json():
             assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+EXPLAIN_SEEN: Counter = Counter()
+
+
+# /explain costs one model call per word: fewer examples.
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_explain_never_answers_5xx(registry_server, explain_cases, data):
+    case = data.draw(explain_cases)
+    response = case.call(base_url=registry_server.url, timeout=60)
+    EXPLAIN_SEEN[response.status_code] += 1
+    assert response.status_code in ANSWERS, f"{case.as_curl_command()}\n-> {response.status_code} {response.text[:300]}"
+    if response.status_code == 200:
+        for row in response.json():
+            assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_explain_fuzzing_reached_the_model_and_the_validation():
+    assert sum(EXPLAIN_SEEN.values()) >= 40, EXPLAIN_SEEN
+    assert EXPLAIN_SEEN[200] >= 5 and EXPLAIN_SEEN[400] >= 5, EXPLAIN_SEEN
 
 
 def test_fuzzing_reached_the_model_and_the_validation():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import ROOT
 from stages import story_evaluate, story_prepare, story_tokenize, story_train
@@ -20,6 +21,7 @@ from textops.story import training as story_training
 from textops.story.corpus import Document, validate
 from textops.story.lm import eval_blocks, mean_loss, perplexity_of, torch_logits
 from textops.story.tokenizer import bpe_tokenizer, char_tokenizer, encode_stream
+from textops.tokenizers import ReferenceBPE
 from textops.validation import ValidationFailed
 
 NAMES = ["Tom", "Mia", "Ben", "Lily", "Sam", "Zoe"]
@@ -102,7 +104,12 @@ def pipeline(tmp_path_factory, story_params) -> dict:
 
     prepare_to(root, params)
     story_tokenize.run(
-        view("story_tokenize"), root / "prepared", root / "tok", root / "tokenize.metrics.json", root / "tokenize.json"
+        view("story_tokenize"),
+        root / "prepared",
+        root / "tok",
+        root / "tokenize.metrics.json",
+        root / "tokenize.json",
+        root / "reports" / "tokenize.md",
     )
     story_train.run(
         view("story_train"),
@@ -121,6 +128,7 @@ def pipeline(tmp_path_factory, story_params) -> dict:
         root / "evaluate.metrics.json",
         root / "generations.md",
         root / "evaluate.json",
+        root / "figures",
     )
     return {
         "root": root,
@@ -266,8 +274,103 @@ def test_tokenize_stage_streams_and_report(pipeline):
     assert report["eval_roundtrip_failures"] == 0 and report["eval_unknown_tokens"] == 0
     # One token per character against WordPiece's about one per word.
     assert report["tokens_per_word"]["story_eval"] > 4 > 2 > report["tokens_per_word"]["sentiment_eval"] > 0
-    md = (root / "tok" / "report.md").read_text()
-    assert "Once upon a time, there was a little girl named Lily. | 11 |" in md
+    # tokenized/ holds story_train's input only: a report change must not rerun training.
+    assert sorted(p.name for p in (root / "tok").iterdir()) == ["eval.npy", "tokenizer", "train.npy"]
+    md = (root / "reports" / "tokenize.md").read_text()
+    assert "| Once upon a time, there was a little girl named Lily. | story characters | 11 |" in md
+
+
+LLMS = "LLMs are transforming AI"
+SEP = " \\| "  # pieces are joined by " | " in the report's table, the pipe escaped
+
+
+def table_row(md: str, text: str, tokenizer: str) -> list[str]:
+    """The cells of the report table's row for `text` and the tokenizer whose name starts with `tokenizer`."""
+    [row] = [line for line in md.splitlines() if line.startswith(f"| {text} | {tokenizer}")]
+    return [cell.strip() for cell in row.strip("|").split(" | ")]
+
+
+def wordpiece_expected(model_dir: Path, text: str) -> tuple[list[str], int]:
+    from transformers import AutoTokenizer
+
+    tokens = AutoTokenizer.from_pretrained(model_dir).tokenize(text)
+    return tokens, tokens.count("[UNK]")
+
+
+def test_tokenize_report_shows_both_tokenizers_pieces(pipeline, tiny_model_dir):
+    """kind char: one piece per character, unknown for characters train never had; beside it the sentiment
+    WordPiece (the tiny toy vocabulary knows none of these words: [UNK] each)."""
+    root, sentence = pipeline["root"], LLMS
+    assert sentence in pipeline["params"].story.tokenize.compare_sentences
+    md = (root / "reports" / "tokenize.md").read_text()
+    seen = set((root / "prepared" / "train.txt").read_text())
+    _, _, words, tokens, _, unknown, pieces = table_row(md, sentence, "story characters")
+    assert (words, tokens) == ("4", str(len(sentence)))
+    assert int(unknown) == sum(c not in seen for c in sentence) > 0  # "LLMs" and "AI": capitals no story holds
+    assert pieces.startswith("`" + SEP.join(["L", "L", "M", "s", "␣", "a"]))  # ␣: the space between words
+    wp, wp_unknown = wordpiece_expected(tiny_model_dir, sentence)
+    row = table_row(md, sentence, "sentiment WordPiece")
+    assert row[3:] == [str(len(wp)), str(round(len(wp) / 4, 3)), str(wp_unknown), f"`{SEP.join(wp)}`"]
+    assert wp_unknown == len(wp) == 4
+    compared = [r for r in pipeline["tokenize"]["compare"] if r["text"] == sentence]
+    assert [r["tokenizer"].split()[0] for r in compared] == ["story", "sentiment"]
+
+
+def test_tokenize_report_bpe_beside_wordpiece_and_base(pipeline, story_params, tiny_model_dir, tmp_path):
+    """kind bpe with story.model.base set: the trained byte-level BPE, the sentiment WordPiece and the base
+    model's own tokenizer (here the tiny BERT) in one table."""
+    root = pipeline["root"]
+    params = story_params(
+        pipeline["params"].story.prepare.source,
+        tokenize__kind="bpe",
+        tokenize__vocab_size=300,
+        model__base=str(tiny_model_dir),
+    )
+    view = for_stage(params, "story_tokenize", ROOT / "dvc.yaml")
+    story_tokenize.run(
+        view, root / "prepared", tmp_path / "tok", tmp_path / "m.json", tmp_path / "r.json", tmp_path / "t.md"
+    )
+    md = (tmp_path / "t.md").read_text()
+    bpe = table_row(md, LLMS, "story byte-level BPE")
+    pieces = bpe[-1].strip("`").split(SEP)
+    assert "".join(pieces).replace("␣", " ") == LLMS and len(pieces) == int(bpe[3]) > 4 and bpe[5] == "0"
+    assert any(p.startswith("␣") for p in pieces)  # a word's leading space travels with it
+    wp, wp_unknown = wordpiece_expected(tiny_model_dir, LLMS)
+    for role in ("sentiment WordPiece", "base WordPiece"):
+        assert table_row(md, LLMS, role)[-2:] == [str(wp_unknown), f"`{SEP.join(wp)}`"]
+    assert md.count("| (eval split, 12 texts) |") == 3
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["compare_missing"] == [] and report["tokens_per_word"]["story_eval"] > 0
+
+
+def test_tokenize_report_is_a_declared_out_outside_the_training_input():
+    """story_train depends on tokenized/: the report lives beside it (reports/), an uncached out like
+    generations.md, so that a change to the report alone does not rerun training."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    tokenize = stages["story_tokenize"]
+    assert "--report outputs/story/reports/tokenize.md" in tokenize["cmd"]
+    assert {"outputs/story/reports/tokenize.md": {"cache": False}} in tokenize["outs"]
+    assert "outputs/story/tokenized" in stages["story_train"]["deps"]
+    assert "outputs/story/reports/tokenize.md" not in stages["story_train"]["deps"]
+
+
+def test_reference_bpe_gives_the_fast_tokenizers_ids(tmp_path):
+    """The pure-Python BPE of bench/training/tokenizer_speed.py: the same ids as the Rust one, and back."""
+    texts = stories(60, seed=3) + TRICKY
+    built = bpe_tokenizer(texts, vocab_size=400, min_frequency=2)
+    built.save_pretrained(tmp_path)
+    reference = ReferenceBPE(tmp_path / "tokenizer.json")
+    checked = [LLMS, "  two  spaces, 'quotes' it's 42 times\n\nnext", *TRICKY, *stories(5, seed=9)]
+    for text in checked:
+        ids = built(text, add_special_tokens=False)["input_ids"]
+        assert reference.encode(text) == ids and len(ids) < len(text.encode())  # merges were applied
+        assert reference.decode(ids) == text
+    char_dir = tmp_path / "char"
+    char_tokenizer(["abc"]).save_pretrained(char_dir)
+    with pytest.raises(PipelineError, match="not a byte-level BPE"):
+        ReferenceBPE(char_dir)
+    with pytest.raises(PipelineError, match="no tokenizer.json"):
+        ReferenceBPE(tmp_path / "missing")
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -365,6 +468,17 @@ def test_evaluate_reports_and_generations(pipeline):
     assert "### top_k, seed 1" in md and "**The dog**" in md
 
 
+def test_evaluate_draws_attention_per_prompt(pipeline):
+    from PIL import Image
+
+    prompts = pipeline["params"].story.evaluate.prompts
+    pngs = sorted((pipeline["root"] / "figures" / "attention").glob("*.png"))
+    assert [p.name for p in pngs] == [f"prompt_{i:02d}.png" for i in range(len(prompts))]
+    for png in pngs:
+        with Image.open(png) as image:
+            assert image.format == "PNG" and min(image.size) > 200
+
+
 def test_evaluate_gate_refuses_high_perplexity(pipeline, story_params, tmp_path):
     strict = story_params(
         pipeline["params"].story.prepare.source,
@@ -380,5 +494,6 @@ def test_evaluate_gate_refuses_high_perplexity(pipeline, story_params, tmp_path)
             tmp_path / "e.json",
             tmp_path / "g.md",
             tmp_path / "er.json",
+            tmp_path / "figures",
         )
     assert json.loads((tmp_path / "e.json").read_text())["perplexity"] > 1.01  # written before the gate

@@ -56,20 +56,11 @@ def char_tokenizer(texts: Iterable[str]):
 
 
 def bpe_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Byte-level BPE trained on `texts` (textops.tokenizers.train_byte_level_bpe, shared with
+    sentiment_tokenize's report), with <|endoftext|> as its one special token."""
+    from textops.tokenizers import train_byte_level_bpe
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # a prefix space would not decode away
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=[EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(texts, trainer=trainer)
-    return wrap(backend)
+    return wrap(train_byte_level_bpe(texts, vocab_size, min_frequency, special_tokens=[EOS]))
 
 
 def base_tokenizer(base: str):
@@ -102,15 +93,6 @@ def encode_stream(tokenizer, texts: list[str]) -> np.ndarray:
     eos = [tokenizer.eos_token_id]
     stream = [tok for i, doc in enumerate(ids) for tok in (eos + doc if i else doc)]
     return np.asarray(stream, dtype=np.int32)
-
-
-def words(text: str) -> int:
-    return len(text.split())
-
-
-def tokens_per_word(tokenizer, texts: list[str]) -> float:
-    tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
-    return round(tokens / max(1, sum(map(words, texts))), 3)
 
 
 def roundtrip_failures(tokenizer, texts: list[str]) -> int:
