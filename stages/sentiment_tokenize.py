@@ -89,7 +89,7 @@ def render_report(report: dict, name: str) -> str:
         f"The byte-level BPE is trained on the sentiment train split ({bpe['train_texts']} texts; vocabulary "
         f"{bpe['vocab_size']} of sentiment.tokenize.bpe_vocab_size={bpe['requested_vocab_size']}, "
         f"min frequency {bpe['min_frequency']}) for this comparison only: the model still uses the WordPiece. "
-        "The story task's own BPE beside this WordPiece: story_tokenize's report (outputs/story/reports/tokenize.md).",
+        "The story task's own BPE beside this WordPiece: story_tokenize's report (see dvc.yaml).",
         "",
         "Pieces are joined by ` | `; `##` continues a WordPiece word, `␣` is a space inside a BPE piece. Words "
         "are whitespace-separated; unknown counts the unknown token ([UNK]; a byte-level BPE has none).",
