@@ -14,8 +14,33 @@ from textops.tracking import ModelRun, numeric, write_run_id
 log = logging.getLogger("textops.training")
 
 
+def unreadable(checkpoint: Path) -> str | None:
+    """Why a checkpoint's files cannot be loaded (a truncated or corrupt file), or None when they all load.
+    The Trainer would fail on such a checkpoint at every rerun, so it is better skipped for the one before."""
+    import json
+
+    for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(path), "pt") as fh:
+                    for key in fh.keys():
+                        fh.get_tensor(key)
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                import torch
+
+                torch.load(path, map_location="cpu", weights_only=False)  # our own files, written by the Trainer
+            elif path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+        except Exception as error:  # each loader raises its own types for a cut-off file
+            return f"{path.name}: {type(error).__name__}: {str(error)[:200]}"
+    return None
+
+
 def last_checkpoint(checkpoints: Path, stamp_value: str) -> str | None:
-    """The newest complete checkpoint of this exact run, or None (stale ones are cleared)."""
+    """The newest complete, loadable checkpoint of this exact run, or None (stale, incomplete and unreadable
+    ones are cleared)."""
     stamp = checkpoints / "fingerprint.txt"
     if checkpoints.is_dir() and (not stamp.is_file() or stamp.read_text() != stamp_value):
         log.info("clearing checkpoints of a different run in %s", checkpoints)
@@ -25,9 +50,12 @@ def last_checkpoint(checkpoints: Path, stamp_value: str) -> str | None:
     found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for candidate in found:
         # trainer_state.json is written last: a kill in mid-save leaves a checkpoint without it.
-        if (candidate / "trainer_state.json").is_file():
+        if not (candidate / "trainer_state.json").is_file():
+            log.info("ignoring incomplete checkpoint %s", candidate)
+        elif problem := unreadable(candidate):
+            log.warning("skipping checkpoint %s, which does not load (%s); trying the one before", candidate, problem)
+        else:
             return str(candidate)
-        log.info("ignoring incomplete checkpoint %s", candidate)
         shutil.rmtree(candidate)
     return None
 

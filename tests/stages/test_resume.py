@@ -90,3 +90,34 @@ def test_changed_params_clear_stale_checkpoints(tmp_path):
     (ckpt / "checkpoint-7").mkdir()
     (ckpt / "checkpoint-7" / "trainer_state.json").write_text("{}")
     assert last_checkpoint(ckpt, "new").endswith("checkpoint-7")
+
+
+def test_an_unreadable_newest_checkpoint_is_skipped_for_the_one_before(tmp_path, caplog):
+    """A truncated file in the newest checkpoint (a full disk, a kill while the OS flushed it) would make
+    every rerun fail in the Trainer: the checkpoint before it is resumed instead, and the skip is logged."""
+    import logging
+
+    import torch
+    from safetensors.torch import save_file
+
+    from textops.training import last_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    for step in (5, 10):
+        folder = ckpt / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        save_file({"weight": torch.randn(64, 64)}, str(folder / "model.safetensors"))
+        torch.save({"state": {}, "param_groups": []}, folder / "optimizer.pt")
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (ckpt / "fingerprint.txt").write_text("run")
+    assert last_checkpoint(ckpt, "run").endswith("checkpoint-10")  # both load: the newest
+
+    newest = ckpt / "checkpoint-10" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # cut in half
+    with caplog.at_level(logging.WARNING, logger="textops.training"):
+        assert last_checkpoint(ckpt, "run").endswith("checkpoint-5")
+    assert "skipping checkpoint" in caplog.text and "model.safetensors" in caplog.text
+    assert not (ckpt / "checkpoint-10").exists()
+
+    (ckpt / "checkpoint-5" / "optimizer.pt").write_bytes(b"\x80\x02 not a whole pickle")
+    assert last_checkpoint(ckpt, "run") is None  # none loads: training starts over
