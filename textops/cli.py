@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -56,3 +57,12 @@ def write_results(report_path: Path, metrics_path: Path, report: dict, headline:
     people) and its few headline numbers (its metrics file), so `dvc metrics show` fits a terminal."""
     write_json(report_path, report)
     write_json(metrics_path, headline)
+
+
+def sha256(path: Path) -> str:
+    """A file's sha256, read in 1 MiB chunks (model files are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

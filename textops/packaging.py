@@ -3,13 +3,13 @@ checksum manifest, and registering the package in MLflow."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
 from textops import cli
+from textops.cli import sha256
 from textops.errors import PipelineError
 from textops.onnx_export import INT8_FILE, MODEL_FILE
 from textops.params import TrackingParams
@@ -49,14 +49,6 @@ def write_card_and_manifest(out: Path, card: str, fields: dict, made: dict) -> N
     (out / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     cli.write_json(out / "manifest.json", {**fields, "model_file": MODEL_FILE, **made, "files": manifest(out)})
     log.info("packaged %d files into %s", len(list(out.iterdir())), out)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def manifest(folder: Path) -> dict:

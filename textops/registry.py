@@ -11,7 +11,6 @@ gate scores accuracy, higher wins; the story gate perplexity, lower wins).
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import os
 import socket
@@ -23,6 +22,7 @@ from importlib.metadata import version as installed
 from pathlib import Path
 from typing import Any
 
+from textops.cli import sha256
 from textops.errors import PipelineError
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
@@ -46,10 +46,6 @@ def who() -> str:
     except (KeyError, OSError):
         user = os.environ.get("USER", "unknown")
     return f"{user}@{socket.gethostname()}"
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------- audit log and lock
@@ -245,7 +241,7 @@ def judge(
         champion = None if champion_version is None else {"version": champion_version, **score(champion_version)}
         reasons = decide_fn(challenger, champion)
         evidence = {
-            "eval_set_sha256": file_sha256(eval_path),
+            "eval_set_sha256": sha256(Path(eval_path)),
             **{f"challenger_{k}": v for k, v in scored.items()},
             **{f"champion_{k}": champion and champion[k] for k in scored},
             "champion_version": champion_version,
