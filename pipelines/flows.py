@@ -9,22 +9,20 @@ its eval set come from dvc.yaml (textops.dag); what differs between tasks from t
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import deque
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import task_run
 from prefect.states import Completed
 
+from pipelines.processes import hold_workspace, stream
 from textops import dag, tasks
 from textops.dag import stage_order
 from textops.params import load_params
@@ -32,125 +30,6 @@ from textops.params import load_params
 
 class StageFailed(RuntimeError):
     """A DVC stage exited non-zero; the message carries the end of its output."""
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    # If the flow process is killed, the dvc child goes too, so nothing keeps running unseen.
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def reap_orphans(pgid_file: Path, log) -> None:
-    """A flow killed mid-stage can leave the stage's processes running: stop them before going on."""
-    if not pgid_file.is_file():
-        return
-    try:
-        pgid = int(pgid_file.read_text().strip())
-        os.killpg(pgid, signal.SIGKILL)
-        log.warning("stopped processes left running by a killed earlier run (process group %d)", pgid)
-        deadline = time.monotonic() + 10
-        while _alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    except (ValueError, ProcessLookupError, PermissionError):
-        pass
-    pgid_file.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie, killed but not yet reaped by its new parent, counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return True
-
-
-def release_stale_dvc_locks(repo: Path, log) -> None:
-    """Drop entries of dead processes from DVC's rwlock (what DVC's own error asks a person to do).
-
-    A dvc process killed without cleanup leaves its pid in .dvc/tmp/rwlock, and every later
-    `dvc repro` refuses to start until the file is removed by hand.
-    """
-    path = repo / ".dvc" / "tmp" / "rwlock"
-    if not path.is_file():
-        return
-    try:
-        locks = json.loads(path.read_text() or "{}")
-    except ValueError:
-        return
-    dropped = 0
-    for mode in ("read", "write"):
-        for target, holders in list(locks.get(mode, {}).items()):
-            entries = holders if isinstance(holders, list) else [holders]
-            live = [e for e in entries if _alive(int(e.get("pid", 0)))]
-            dropped += len(entries) - len(live)
-            if not live:
-                del locks[mode][target]
-            else:
-                locks[mode][target] = live if isinstance(holders, list) else live[0]
-    if dropped:
-        path.write_text(json.dumps(locks))
-        log.warning("released %d DVC lock(s) held by processes that no longer exist", dropped)
-
-
-def stream(cmd: list[str], cwd: Path, timeout_s: float, log, prefix: str) -> tuple[int, list[str], float]:
-    """Run a command, sending each output line (progress bars included, throttled) to the log."""
-    started = time.perf_counter()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    pgid_file = cwd / ".dvc" / "tmp" / "orchestrator.pgid"
-    reap_orphans(pgid_file, log)
-    release_stale_dvc_locks(cwd, log)
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-        preexec_fn=_die_with_parent,
-    )
-    pgid_file.parent.mkdir(parents=True, exist_ok=True)
-    pgid_file.write_text(str(proc.pid))  # its own session: the pid is the process group id
-    killed = threading.Event()
-
-    def kill() -> None:
-        killed.set()
-        os.killpg(proc.pid, signal.SIGTERM)
-
-    timer = threading.Timer(timeout_s, kill)
-    timer.start()
-    tail: deque[str] = deque(maxlen=60)
-    last_progress = 0.0
-    buffer = b""
-    try:
-        for chunk in iter(lambda: proc.stdout.read1(4096), b""):
-            buffer += chunk
-            *lines, buffer = buffer.replace(b"\r", b"\n").split(b"\n")
-            for raw in lines:
-                line = raw.decode(errors="replace").rstrip()
-                if not line:
-                    continue
-                if "it/s]" in line or "s/it]" in line:  # tqdm: one line every few seconds is plenty
-                    if time.monotonic() - last_progress < 5:
-                        continue
-                    last_progress = time.monotonic()
-                tail.append(line)
-                log.info("%s %s", prefix, line)
-        code = proc.wait()
-    finally:
-        timer.cancel()
-        pgid_file.unlink(missing_ok=True)
-    if killed.is_set():
-        tail.append(f"killed after the stage timeout of {timeout_s:.0f} s (orchestrate.stage_timeout_s)")
-        code = code or -signal.SIGTERM
-    return code, list(tail), time.perf_counter() - started
 
 
 def check_overrides(repo: Path, overrides: list[str]) -> None:
@@ -195,7 +74,7 @@ def run_experiment(final: str, overrides: list[str], repo: str, name: str, timeo
     """`dvc exp run --temp`: the task's stages in a temporary copy; DVC records the result as experiment `name`."""
     log = get_run_logger()
     cmd = ["dvc", "exp", "run", "--temp", "--name", name, *[a for o in overrides for a in ("-S", o)], final]
-    code, tail, seconds = stream(cmd, Path(repo), timeout_s, log, f"[{name}]")
+    code, tail, seconds = stream(cmd, Path(repo), timeout_s, log, f"[{name}]", task_run.get_id())
     if code != 0:
         raise StageFailed(f"experiment '{name}' failed (exit {code}):\n" + "\n".join(tail[-25:]))
     log.info("experiment %s (%s) done in %.1f s", name, " ".join(overrides), seconds)
@@ -212,7 +91,8 @@ def run_experiment(final: str, overrides: list[str], repo: str, name: str, timeo
 @task
 def run_stage(stage: str, repo: str, timeout_s: float) -> dict:
     log = get_run_logger()
-    code, tail, seconds = stream(["dvc", "repro", "--single-item", stage], Path(repo), timeout_s, log, f"[{stage}]")
+    cmd = ["dvc", "repro", "--single-item", stage]
+    code, tail, seconds = stream(cmd, Path(repo), timeout_s, log, f"[{stage}]", task_run.get_id())
     if code != 0:
         raise StageFailed(f"stage '{stage}' failed (exit {code}):\n" + "\n".join(tail[-25:]))
     ran = any(f"Running stage '{stage}'" in line for line in tail) or not any("didn't change" in line for line in tail)
@@ -274,6 +154,33 @@ def report(stages: list[dict], gate: dict | None, metrics: dict, task_name: str)
     return "\n".join(lines) + "\n"
 
 
+def run_dag(task_name: str, repo: Path, final: str, overrides: list[str]) -> tuple[list[dict], str | None]:
+    """The task's stages as Prefect tasks (or, with overrides, one DVC experiment); returns their results and
+    the experiment's commit (None without one)."""
+    from prefect.runtime import flow_run
+
+    settings = load_params(repo / "params.yaml").orchestrate  # read once the run holds the workspace
+    if overrides:
+        step = run_experiment.with_options(
+            name="experiment", retries=settings.retries, retry_delay_seconds=settings.retry_delay_s
+        )
+        name = f"{task_name}-{flow_run.get_name() or int(time.time())}"
+        result = step(final, overrides, str(repo), name, settings.stage_timeout_s)
+        return [result], result["rev"]
+    results = []
+    for stage in stage_order(repo / "dvc.yaml", targets=[final]):
+        step = run_stage.with_options(name=stage, retries=settings.retries, retry_delay_seconds=settings.retry_delay_s)
+        results.append(step(stage, str(repo), settings.stage_timeout_s))
+    return results, None
+
+
+def holder() -> str:
+    """Who holds the workspace, as a run waiting for it logs it."""
+    from prefect.runtime import flow_run
+
+    return f"flow run {flow_run.get_name()} ({flow_run.get_id()}), pid {os.getpid()}, since {time.strftime('%H:%M:%S')}"
+
+
 @flow(name="pipeline", log_prints=True)
 def pipeline(
     task_name: str = "sentiment",
@@ -283,49 +190,31 @@ def pipeline(
     gate: bool = True,
 ) -> dict:
     """Run one task's DVC stages in dvc.yaml's order, then the promotion gate. With overrides or another data
-    source, the run is a DVC experiment in a temporary copy, and the working tree is left as it was."""
-    from prefect.runtime import flow_run
-
+    source, the run is a DVC experiment in a temporary copy, and the working tree is left as it was. One run
+    per workspace at a time: a run that finds another one there waits for it to finish."""
     t = tasks.get(task_name)
     repo_path = Path(repo).resolve()
     final = dag.final_stage(repo_path / "dvc.yaml", t.name)
     overrides = list(overrides or [])
     if data_source:
         overrides.append(f"{t.source_key}={absolute_source(repo_path, data_source)}")
-    settings = load_params(repo_path / "params.yaml").orchestrate
     if overrides:
-        check_overrides(repo_path, overrides)
-        step = run_experiment.with_options(
-            name="experiment", retries=settings.retries, retry_delay_seconds=settings.retry_delay_s
-        )
-        results = [
-            step(
-                final,
-                overrides,
-                str(repo_path),
-                f"{t.name}-{flow_run.get_name() or int(time.time())}",
-                settings.stage_timeout_s,
-            )
-        ]
-        rev = results[0]["rev"]
-    else:
-        results, rev = [], None
-        for stage in stage_order(repo_path / "dvc.yaml", targets=[final]):
-            step = run_stage.with_options(
-                name=stage, retries=settings.retries, retry_delay_seconds=settings.retry_delay_s
-            )
-            results.append(step(stage, str(repo_path), settings.stage_timeout_s))
-    decision = None
-    if gate:
-        with tempfile.TemporaryDirectory() as scratch:
-            eval_path = (
-                eval_set_at(repo_path, t.name, rev, Path(scratch))
-                if rev
-                else dag.eval_set(repo_path / "dvc.yaml", t.name)
-            )
-            decision = promotion_gate(str(repo_path), settings.stage_timeout_s, t.name, str(eval_path))
+        check_overrides(repo_path, overrides)  # a typo fails now, not after waiting for the workspace
+    with hold_workspace(repo_path, holder(), get_run_logger()):
+        results, rev = run_dag(t.name, repo_path, final, overrides)
+        decision = None
+        if gate:
+            timeout_s = load_params(repo_path / "params.yaml").orchestrate.stage_timeout_s
+            with tempfile.TemporaryDirectory() as scratch:
+                eval_path = (
+                    eval_set_at(repo_path, t.name, rev, Path(scratch))
+                    if rev
+                    else dag.eval_set(repo_path / "dvc.yaml", t.name)
+                )
+                decision = promotion_gate(str(repo_path), timeout_s, t.name, str(eval_path))
+        metrics = metrics_table(repo_path, t.name, rev)
     create_markdown_artifact(
-        markdown=report(results, decision, metrics_table(repo_path, t.name, rev), t.name),
+        markdown=report(results, decision, metrics, t.name),
         key=f"{t.name}-pipeline",
         description="stages, metrics and the gate decision",
     )

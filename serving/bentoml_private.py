@@ -9,6 +9,7 @@ API (`bentoml.on_shutdown`, `bentoml.models.BentoModel`, `bentoml.models.get`, `
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 
 # The base of BentoML's plain-value IO descriptors (what `-> str` becomes). serving.story.TextChunks
@@ -30,9 +31,17 @@ from bentoml._internal.configuration.containers import BentoMLContainer
 # The batcher. serving.batching subclasses both to pin the learned cork wait at zero (serve.batch_wait).
 from bentoml._internal.marshal.dispatcher import CorkDispatcher, Optimizer
 
+# BentoML's cap on requests in progress (`traffic.max_concurrency`), which answers 429 over it. serving.exposure
+# subclasses it to answer 503 with Retry-After, and puts the subclass in its module (see traffic_module below).
+from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware
+
 # The logger of BentoML's log_exception(), which logs every failed request at ERROR with its traceback.
 # serving.limits filters it (client errors: one line). A logger name: nothing is imported from it.
 BENTOML_REQUEST_LOG = "bentoml._internal.server.http_app"
+
+# The module whose global `MaxConcurrencyMiddleware` BentoML's app factories import when they build the app's
+# middleware list (after the service module is imported); serving.exposure replaces that global.
+TRAFFIC_MODULE = "bentoml._internal.server.http.traffic"
 
 # The module whose global `CorkDispatcher` BentoML's service app calls to make each batchable API's
 # dispatcher; serving.batching replaces that global. Imported on demand (it takes over a second).
@@ -43,11 +52,15 @@ __all__ = [
     "SERVER_APP_MODULE",
     "BentoMLContainer",
     "CorkDispatcher",
+    "TRAFFIC_MODULE",
     "IORootModel",
+    "MaxConcurrencyMiddleware",
     "ModelReference",
     "Optimizer",
     "bento_model_aliases",
+    "bentoml_home",
     "server_app",
+    "traffic_module",
 ]
 
 
@@ -60,3 +73,13 @@ def bento_model_aliases() -> dict[str, str]:
     """Model aliases (`name@alias` -> stored tag) as `bentoml serve` loaded them: a built Bento's; from a source
     folder, bentofile.yaml's `models` (none here)."""
     return BentoMLContainer.model_aliases.get()
+
+
+def traffic_module() -> ModuleType:
+    """BentoML's traffic middleware module (TRAFFIC_MODULE)."""
+    return importlib.import_module(TRAFFIC_MODULE)
+
+
+def bentoml_home() -> Path:
+    """BentoML's home folder as BentoML resolves it (BENTOML_HOME, else ~/bentoml)."""
+    return Path(BentoMLContainer.bentoml_home.get())

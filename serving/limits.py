@@ -93,16 +93,14 @@ class BodyLimit:
 
     @staticmethod
     async def reject(send, status: int, error: str) -> None:
-        body = json.dumps({"error": error}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await answer(send, status, {"error": error}, close=True)
+
+
+async def answer(send, status: int, body: dict, headers: tuple[tuple[bytes, bytes], ...] = (), close=False) -> None:
+    """A JSON response sent straight from ASGI middleware. `close`: when the request body was left unread."""
+    content = json.dumps(body).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()), *headers]
+    if close:
+        head.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": content})

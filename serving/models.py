@@ -1,22 +1,22 @@
-"""Where the service's model comes from: the copy bundled in a Bento, or the MLflow registry.
+"""Where the service's model comes from: the copy bundled in a Bento, or the MLflow registry; checked either way.
 
 `bentoml build` asks each model reference on the service for its info. `RegistryModel` answers by
-resolving `name@alias` to an explicit registry version, importing that version's package folder
-into the BentoML model store as `name:v<version>-<run id>`, and recording `name@alias` as the
-Bento's alias for it. A served Bento finds its copy through that alias and never calls MLflow.
+resolving `name@alias` to an explicit registry version, fetching that version's package folder through
+`textops.registry.fetch_package` (which refuses files whose sha256 differs from the version's tags), importing
+it into the BentoML model store as `name:v<version>-<run id>` with those digests in the model's metadata, and
+recording `name@alias` as the Bento's alias for it. A served Bento finds its copy through that alias, checks
+it against the recorded digests before loading, and never calls MLflow.
 Served from the repository (`bentoml serve`), no alias is recorded: the service reads the registry
-itself and follows the alias (registry mode).
+itself and follows the alias (registry mode, serving/hosting.py).
 """
 
 from __future__ import annotations
 
-import gc
-import logging
 import shutil
-import tempfile
-import threading
 import typing as t
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +25,9 @@ import bentoml
 
 from serving.bentoml_private import ModelReference, bento_model_aliases
 from textops.errors import PipelineError
+
+if t.TYPE_CHECKING:
+    from serving.state import State
 
 # Registry version tags that /metadata reports as metrics (written by the package stages of both tasks).
 METRIC_TAGS = (
@@ -43,6 +46,10 @@ METRIC_TAGS = (
     "tokens_per_s",
     "speedup_vs_pytorch",
 )
+# In a bundled BentoML model: the package files sit in this subfolder, beside BentoML's own model.yaml, and the
+# model's metadata holds their registered sha256 under DIGESTS.
+PACKAGE = "package"
+DIGESTS = "sha256"
 
 
 class ModelSourceError(PipelineError):
@@ -51,18 +58,21 @@ class ModelSourceError(PipelineError):
 
 @dataclass(frozen=True)
 class Source:
-    """A package folder (INT8 ONNX, tokenizer, labels) and what is known of it."""
+    """A package folder (INT8 ONNX, tokenizer, labels), what is known of it, and the sha256 of each of its files
+    as registered (path inside the folder -> hex digest)."""
 
     path: Path
     metadata: dict[str, t.Any]
+    digests: dict[str, str] = field(default_factory=dict)
 
 
-def metadata_of(name: str, alias: str, version: str) -> dict[str, t.Any]:
-    from textops import registry
+def describe(name: str, alias: str, version: str) -> tuple[dict[str, t.Any], dict[str, str]]:
+    """What /metadata reports of a registry version, and the file digests registered with it."""
+    from textops import integrity, registry
 
     tags = registry.require_version(name, version).tags
     metrics = {k: float(tags[k]) for k in METRIC_TAGS if k in tags}
-    return {
+    metadata = {
         "name": name,
         "version": str(version),
         "alias": alias,
@@ -72,6 +82,7 @@ def metadata_of(name: str, alias: str, version: str) -> dict[str, t.Any]:
         "data_hash": tags.get("data_hash"),
         "resolved_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    return metadata, integrity.expected(tags)
 
 
 def champion_version(name: str, alias: str) -> str:
@@ -96,113 +107,56 @@ def champion_version(name: str, alias: str) -> str:
     return version
 
 
+@contextmanager
+def registry_package(name: str, alias: str, version: str) -> Iterator[Source]:
+    """Version `version` of `name`, fetched and verified by `textops.registry.fetch_package` (IntegrityError when a
+    file differs from its sha256 tag), under a file lock until the caller has copied it: the download folder is
+    shared by every process on the machine (both workers fetch a new version at the same poll), and a download
+    rewrites it in place, so a reader beside a writer could see half a file."""
+    from filelock import FileLock
+
+    from textops import registry
+
+    cache = registry.package_cache(name, version)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache.parent / f".{version}.lock")):
+        path = registry.fetch_package(name, version)
+        metadata, digests = describe(name, alias, version)
+        yield Source(path, {**metadata, "source": "registry"}, digests)
+
+
 def from_registry(name: str, alias: str, version: str | None = None) -> Source:
-    """The package folder of `name@alias` (or of `version`), downloaded when the store is remote."""
-    import mlflow
-
+    """The verified package folder of `name@alias` (or of `version`), in the shared download folder."""
     version = version or champion_version(name, alias)
-    # One folder per version: a remote store would otherwise leave a new temporary copy per call.
-    # A local store answers with the stored folder itself and ignores dst_path.
-    cache = Path(tempfile.gettempdir()) / "textops-registry" / name / str(version)
-    cache.mkdir(parents=True, exist_ok=True)
-    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(cache)))
-    package = root / "artifacts" / "package"
-    if not (package / "model.onnx").is_file():
-        raise ModelSourceError(f"'{name}' version {version} holds no artifacts/package/model.onnx (under {root})")
-    return Source(package, {**metadata_of(name, alias, version), "source": "registry"})
+    with registry_package(name, alias, version) as source:
+        return source
 
 
-def follow(
-    name: str,
-    alias: str,
-    interval_s: float,
-    stop: threading.Event,
-    serving: t.Callable[[], str],
-    swap: t.Callable[[Source], None],
-    log: logging.Logger,
-) -> None:
-    """Registry mode: every `interval_s` until `stop`, load a new version of `name@alias` beside the
-    one in service (`serving()` names it), then switch to it with `swap(source)`. A registry error
-    (looking up the alias, or fetching the version) is retried at the next poll; a version whose files
-    fail to load is set aside until the alias moves again."""
-    broken = None
-    while not stop.wait(interval_s):
-        current = serving()
-        try:
-            version = champion_version(name, alias)
-            if version in (current, broken):
-                continue
-            log.info("%s@%s moved to v%s: loading it beside v%s", name, alias, version, current)
-            # Fetched here, not with the load below: a registry error while fetching (a remote store's
-            # timeout, say) is no fault of the version, and must not set it aside for good.
-            source = from_registry(name, alias, version)
-        except Exception as error:  # a registry outage must not stop serving
-            log.warning("could not follow %s@%s (%s); still serving v%s", name, alias, error, current)
-            continue
-        try:
-            swap(source)
-            log.info("now serving %s v%s", name, version)
-        except Exception as error:
-            broken = version
-            log.warning(
-                "could not follow %s@%s: v%s failed to load (%s); still serving v%s until the alias moves again",
-                name,
-                alias,
-                version,
-                error,
-                current,
-            )
-
-
-class Hosted:
-    """What both services do around their model: load it from `model_ref` (the Bento's copy, or the registry),
-    and in registry mode follow the alias on a thread, loading a new version beside the one in service and
-    then switching with one reference swap. Subclasses are the `@bentoml.service` classes; they call
-    `host(load, ...)` in `__init__`. BentoML finds the inherited shutdown hook (it looks through `dir()`)."""
-
-    model_ref: RegistryModel  # set on the subclass
-
-    def host(self, load: t.Callable[[Source], t.Any], poll_interval_s: float, log: logging.Logger) -> None:
-        self.ref = type(self).model_ref  # the reference itself; self.model_ref resolves it
-        self.mode = "registry" if self.ref.bundled_tag() is None else "bento"
-        self._load = load
-        self.loaded = load(self.model_ref)
-        log.info("serving %s v%s (%s mode)", self.loaded.metadata["name"], self.loaded.metadata["version"], self.mode)
-        # Everything loaded so far (transformers, onnxruntime, mlflow: millions of objects) is long-lived:
-        # move it out of the collector's sight, or each full collection stalls requests (gc.freeze docs).
-        gc.collect()
-        gc.freeze()
-        self._stop = threading.Event()
-        if self.mode == "registry":
-            threading.Thread(
-                target=follow,
-                name="follow-alias",
-                daemon=True,
-                args=(
-                    self.ref.name,
-                    self.ref.alias,
-                    poll_interval_s,
-                    self._stop,
-                    lambda: self.loaded.metadata["version"],
-                    self._swap,
-                    log,
-                ),
-            ).start()
-
-    def __is_ready__(self) -> bool:
-        return getattr(self, "loaded", None) is not None
-
-    def _swap(self, source: Source) -> None:
-        self.loaded = self._load(source)  # one reference swap: atomic
-
-    @bentoml.on_shutdown
-    def stop(self) -> None:
-        self._stop.set()
+def fetch(name: str, alias: str, version: str, state: State) -> Source:
+    """Registry mode: `version` fetched, verified, and copied into the service's state folder, which is where it
+    is loaded from (and what start-up falls back to later: serving/state.py)."""
+    with registry_package(name, alias, version) as source:
+        return state.keep(source)
 
 
 def bento_tag(metadata: dict) -> str:
     # The run id keeps two registries' "version 1" apart in one BentoML store.
     return f"{metadata['name']}:v{metadata['version']}-{(metadata['run_id'] or 'norun')[:12]}"
+
+
+def bundled(stored, tag: str) -> Source:
+    """The package folder of a bundled BentoML model, checked against the digests recorded when it was bundled."""
+    from textops import integrity
+
+    metadata = dict(stored.info.metadata)
+    digests = metadata.pop(DIGESTS, None)
+    if not digests:
+        raise ModelSourceError(
+            f"the BentoML model {tag} records no file digests (bundled before they were): run `bentoml build` again"
+        )
+    path = Path(stored.path) / PACKAGE
+    integrity.verify(path, integrity.as_tags(digests), f"the BentoML model {tag}")
+    return Source(path, {**metadata, "source": "bento", "bento_model": tag}, digests)
 
 
 @attrs.frozen
@@ -217,27 +171,49 @@ class RegistryModel(ModelReference[Source]):
         return f"{self.name}@{self.alias}"
 
     def _bundle(self):
-        """Import the alias's current version into the BentoML model store (once per tag)."""
+        """Import the alias's current version into the BentoML model store (once per tag), verified: `bentoml build`
+        fails with the IntegrityError of a version whose files differ from their registered digests."""
+        version = champion_version(self.name, self.alias)
+        with registry_package(self.name, self.alias, version) as source:
+            tag = bento_tag(source.metadata)
+            existing = self._stored(tag)
+            if existing is not None:
+                return existing
+            labels = {
+                "registered_model": self.name,
+                "registry_version": source.metadata["version"],
+                "alias": self.alias,
+            }
+            metadata = {**source.metadata, DIGESTS: source.digests}
+            with bentoml.models.create(tag, labels=labels, metadata=metadata) as stored:
+                shutil.copytree(source.path, Path(stored.path) / PACKAGE)
+                bundled(stored, tag)  # the copy itself, before BentoML saves it
+        return stored
+
+    @staticmethod
+    def _stored(tag: str):
+        """The model already in the store under `tag` when it still verifies; a stale one (bundled before digests
+        were recorded, or changed since) is deleted so the build imports the version again."""
         from bentoml.exceptions import NotFound
 
-        source = from_registry(self.name, self.alias)
-        tag = bento_tag(source.metadata)
         try:
-            return bentoml.models.get(tag)
+            stored = bentoml.models.get(tag)
         except NotFound:
-            pass
-        labels = {"registered_model": self.name, "registry_version": source.metadata["version"], "alias": self.alias}
-        with bentoml.models.create(tag, labels=labels, metadata=source.metadata) as stored:
-            shutil.copytree(source.path, stored.path, dirs_exist_ok=True)
+            return None
+        try:
+            bundled(stored, tag)
+        except PipelineError:
+            bentoml.models.delete(tag)
+            return None
         return stored
 
     def to_info(self, alias: str | None = None):
         from bentoml.models import BentoModel
 
         # bentoml build asks more than once; resolve the alias once so the Bento holds one version.
-        if getattr(self, "_stored", None) is None:
-            object.__setattr__(self, "_stored", self._bundle())
-        return BentoModel(self._stored.tag).to_info(alias=self.key)  # the stored copy's info, under name@alias
+        if getattr(self, "_stored_model", None) is None:
+            object.__setattr__(self, "_stored_model", self._bundle())
+        return BentoModel(self._stored_model.tag).to_info(alias=self.key)  # the stored copy's info, under name@alias
 
     @classmethod
     def from_info(cls, info):
@@ -254,13 +230,15 @@ class RegistryModel(ModelReference[Source]):
         """The tag a built Bento recorded for this reference; None when served from the repository."""
         return bento_model_aliases().get(self.key)
 
-    def resolve(self, base_path=None) -> Source:
+    def resolve(self, base_path=None) -> Source | None:
+        """A built Bento's verified copy. From the repository (registry mode) None: `bentoml serve` resolves every
+        model in its own process before it starts the workers, and there a broken champion or an unreachable
+        registry would stop it; the workers fetch, verify and fall back themselves (serving/hosting.py)."""
         from bentoml.models import BentoModel
 
         tag = self.bundled_tag()
         if base_path is not None:  # exporting a Bento: copy the bundled model beside it
             BentoModel(tag or self.to_info().tag).resolve(base_path)
         if tag is None:
-            return from_registry(self.name, self.alias)
-        stored = bentoml.models.get(tag)
-        return Source(Path(stored.path), {**stored.info.metadata, "source": "bento", "bento_model": tag})
+            return None
+        return bundled(bentoml.models.get(tag), tag)

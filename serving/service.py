@@ -4,6 +4,8 @@
 Run: `bentoml serve` from the repository (registry mode: follows `serve.alias` in MLflow), or
 `bentoml build` then `bentoml serve sentiment:latest` (the Bento's bundled version, no MLflow).
 Params: the `serve` section of params.yaml (batching, limits, poll interval), `package.model_name`.
+Exposure (serving/exposure.py): binds to `serve.host` (127.0.0.1), an optional bearer token (`serve.auth_token_env`),
+`serve.max_concurrency` requests in progress (503 with Retry-After over it). Start-up and health: serving/hosting.py.
 
 Limits, each answered with 4xx and a message (never 500): empty or whitespace-only text, NUL
 characters, lone surrogates, texts over `serve.max_chars` characters (rejected; texts under it are
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
+from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 from pydantic import BaseModel, BeforeValidator, Field
 from pydantic.functional_validators import AfterValidator
@@ -29,9 +32,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from serving import batching
-from serving.limits import BodyLimit, quiet_client_errors
-from serving.models import Hosted, RegistryModel, Source
+from serving import batching, exposure
+from serving.hosting import Hosted, metadata_response
+from serving.limits import quiet_client_errors
+from serving.models import RegistryModel, Source
 from textops import explain as explaining
 from textops.params import load_params
 
@@ -133,14 +137,7 @@ def load(source: Source) -> Loaded:
 
 
 async def metadata(request: Request) -> JSONResponse:
-    service = bentoml.get_current_service()
-    return JSONResponse(
-        {
-            **service.loaded.metadata,
-            "mode": service.mode,
-            "poll_interval_s": SERVE.poll_interval_s if service.mode == "registry" else None,
-        }
-    )
+    return metadata_response()
 
 
 async def explain_view(request: Request) -> HTMLResponse:
@@ -154,7 +151,10 @@ async def explain_view(request: Request) -> HTMLResponse:
         text = TypeAdapter(ExplainText).validate_python(text)
     except ValidationError as error:
         return HTMLResponse("; ".join(e["msg"] for e in error.errors()), status_code=400)
-    classifier = bentoml.get_current_service().loaded.classifier
+    try:
+        classifier = bentoml.get_current_service().loaded.classifier
+    except ServiceUnavailable as error:
+        return HTMLResponse(str(error), status_code=503)
     result = await run_in_threadpool(explaining.explain, classifier, text, SERVE.inference_batch_size)
     return HTMLResponse(explaining.html(result, text))
 
@@ -163,14 +163,16 @@ ROUTES = [Route("/metadata", metadata, methods=["GET"]), Route("/explain/view", 
 
 
 @bentoml.asgi_app(Starlette(routes=ROUTES), path="/")
-@bentoml.service(
-    name="sentiment", workers=SERVE.workers, traffic={"timeout": 60}, logging={"access": {"enabled": SERVE.access_log}}
-)
+@bentoml.service(**exposure.service_config("sentiment", SERVE, 60, logging={"access": {"enabled": SERVE.access_log}}))
 class Sentiment(Hosted):
     model_ref = RegistryModel(PARAMS.sentiment.package.model_name, SERVE.alias)
 
     def __init__(self) -> None:
         self.host(load, SERVE.poll_interval_s, log)
+
+    @bentoml.on_deployment
+    def check_token() -> None:  # in `bentoml serve`'s own process, before any worker: a missing token stops it
+        exposure.token(SERVE.auth_token_env, "sentiment.serve.auth_token_env")
 
     @bentoml.api(batchable=True, max_batch_size=SERVE.max_batch_size, max_latency_ms=SERVE.max_latency_ms)
     # The content type is declared so BentoML does not build the output's JSON schema per response.
@@ -187,4 +189,4 @@ class Sentiment(Hosted):
         return [Explanation(**explaining.explain(classifier, t, SERVE.inference_batch_size)) for t in texts]
 
 
-Sentiment.add_asgi_middleware(BodyLimit, max_bytes=SERVE.max_body_bytes)
+exposure.expose(Sentiment, SERVE, "sentiment.serve")

@@ -4,6 +4,8 @@ Run: `bentoml serve serving.story:StoryGenerator` from the repository (registry 
 `story.serve.alias` of `story.package.model_name` in MLflow and swaps versions live), or
 `bentoml build -f bentofile.story.yaml` then `bentoml serve story:latest` (the bundled version, no MLflow).
 Params: `story.serve` in params.yaml (limits, decoding defaults, workers, poll interval).
+Exposure, start-up and health as the sentiment service's (serving/exposure.py, serving/hosting.py): `story.serve.host`,
+`auth_token_env`, `max_concurrency`.
 
 Request: {prompt, max_new_tokens?, temperature?, top_k?, top_p?, repetition_penalty?, do_sample?, seed?};
 a field left out (or null) takes its `story.serve` default. /generate answers {text, new_tokens,
@@ -34,9 +36,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from serving import exposure
 from serving.bentoml_private import IORootModel  # the base of BentoML's plain-value outputs
-from serving.limits import BodyLimit, quiet_client_errors
-from serving.models import Hosted, RegistryModel, Source
+from serving.hosting import Hosted, metadata_response
+from serving.limits import quiet_client_errors
+from serving.models import RegistryModel, Source
 from textops.params import GenerationParams, load_params
 
 log = logging.getLogger("bentoml.service.story")
@@ -186,12 +190,8 @@ def decoding(request: GenerateRequest, vocab_size: int) -> tuple[int, Generation
 
 
 async def metadata(request: Request) -> JSONResponse:
-    service = bentoml.get_current_service()
-    return JSONResponse(
-        {
-            **service.loaded.metadata,
-            "mode": service.mode,
-            "poll_interval_s": SERVE.poll_interval_s if service.mode == "registry" else None,
+    return metadata_response(
+        lambda service: {
             "limits": {
                 "max_prompt_chars": SERVE.max_prompt_chars,
                 "max_new_tokens": SERVE.max_new_tokens,
@@ -203,13 +203,17 @@ async def metadata(request: Request) -> JSONResponse:
 
 
 @bentoml.asgi_app(Starlette(routes=[Route("/metadata", metadata, methods=["GET"])]), path="/")
-@bentoml.service(name="story", workers=SERVE.workers, traffic={"timeout": 120})
+@bentoml.service(**exposure.service_config("story", SERVE, 120))
 class StoryGenerator(Hosted):
     model_ref = RegistryModel(PARAMS.story.package.model_name, SERVE.alias)
 
     def __init__(self) -> None:
         self._steps: anyio.CapacityLimiter | None = None
         self.host(load, SERVE.poll_interval_s, log)
+
+    @bentoml.on_deployment
+    def check_token() -> None:  # in `bentoml serve`'s own process, before any worker: a missing token stops it
+        exposure.token(SERVE.auth_token_env, "story.serve.auth_token_env")
 
     @bentoml.api(input_spec=GenerateRequest)
     def generate(self, **fields: Any) -> Generation:
@@ -237,4 +241,4 @@ class StoryGenerator(Hosted):
             yield piece  # never empty: the generator holds back only partial characters
 
 
-StoryGenerator.add_asgi_middleware(BodyLimit, max_bytes=SERVE.max_body_bytes)
+exposure.expose(StoryGenerator, SERVE, "story.serve")

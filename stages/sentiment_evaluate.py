@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from textops import cli
+from textops.atomic import atomic_dir, atomic_file
 from textops.errors import GateFailed
 from textops.inference import TorchClassifier
 from textops.metrics import classification_report
@@ -51,22 +52,23 @@ def run(
     labels = np.array([params.sentiment.labels.index(y) for y in frame["label"]])
     probs = classifier.predict_proba(list(frame["text"]), params.sentiment.evaluate.batch_size)
     report = classification_report(probs, labels, params.sentiment.labels, params.sentiment.evaluate.ece_bins)
-    predictions.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(
-        {
-            "actual": [params.sentiment.labels[i] for i in labels],
-            "predicted": [params.sentiment.labels[i] for i in probs.argmax(1)],
-            "probability": probs.max(1).round(4),
-            "text": frame["text"],
-        }
-    ).to_csv(predictions, index=False)
-    (figures / "attention").mkdir(parents=True, exist_ok=True)
-    confusion_png(report["confusion_matrix"], params.sentiment.labels, figures / "confusion.png")
-    for i, sentence in enumerate(params.sentiment.evaluate.attention_sentences):
-        attention, tokens = last_layer_attention(
-            model, classifier.tokenizer, sentence, params.sentiment.model.max_length
-        )
-        attention_png(attention, tokens, figures / "attention" / f"sentence_{i:02d}.png", sentence)
+    with atomic_file(predictions) as tmp:
+        pd.DataFrame(
+            {
+                "actual": [params.sentiment.labels[i] for i in labels],
+                "predicted": [params.sentiment.labels[i] for i in probs.argmax(1)],
+                "probability": probs.max(1).round(4),
+                "text": frame["text"],
+            }
+        ).to_csv(tmp, index=False)
+    with atomic_dir(figures) as folder:
+        (folder / "attention").mkdir()
+        confusion_png(report["confusion_matrix"], params.sentiment.labels, folder / "confusion.png")
+        for i, sentence in enumerate(params.sentiment.evaluate.attention_sentences):
+            attention, tokens = last_layer_attention(
+                model, classifier.tokenizer, sentence, params.sentiment.model.max_length
+            )
+            attention_png(attention, tokens, folder / "attention" / f"sentence_{i:02d}.png", sentence)
     cli.write_results(report_file, metrics, report, headline(report))
     tracker = ModelRun(params.sentiment.tracking.enabled, params.sentiment.tracking.experiment).reopen(model)
     tracker.log_metrics(numeric("eval", {k: v for k, v in report.items() if k != "confusion_matrix"}))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from textops import cli
+from textops.atomic import atomic_dir
 from textops.packaging import REPORTS, fresh_package, read_reports, register, write_card_and_manifest
 from textops.params import Params, flatten
 
@@ -121,17 +122,18 @@ def run(
     report_data = read_reports(
         "sentiment_package", int8, (prepare_report, train_report, evaluate_report, quantize_report)
     )
-    made = fresh_package(int8, out)
-    cli.write_json(out / "labels.json", params.sentiment.labels)
-    git = made["git"]
-    fields = {
-        "name": params.sentiment.package.model_name,
-        "task": TASK,
-        "labels": params.sentiment.labels,
-        "max_length": params.sentiment.model.max_length,
-        "data_hash": report_data["prepare"]["data_hash"],
-    }
-    write_card_and_manifest(out, model_card(params, report_data, git, made["created"]), fields, made)
+    with atomic_dir(out) as package:
+        made = fresh_package(int8, package)
+        cli.write_json(package / "labels.json", params.sentiment.labels)
+        git = made["git"]
+        fields = {
+            "name": params.sentiment.package.model_name,
+            "task": TASK,
+            "labels": params.sentiment.labels,
+            "max_length": params.sentiment.model.max_length,
+            "data_hash": report_data["prepare"]["data_hash"],
+        }
+        write_card_and_manifest(package, model_card(params, report_data, git, made["created"]), fields, made)
     register(
         params.sentiment.tracking,
         params.sentiment.package.model_name,

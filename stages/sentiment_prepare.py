@@ -20,6 +20,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from textops import cli
+from textops.atomic import atomic_dir
 from textops.params import Params, PrepareParams
 from textops.sources import RawSplit, Rejected, hash_files, locate, read_split
 from textops.validation import Bounds, ValidationFailed, failures, render_markdown, validate_splits
@@ -180,12 +181,6 @@ def headline(report: dict) -> dict:
 
 def run(params: Params, out: Path, metrics: Path, report_file: Path) -> None:
     result = prepare(params)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, frame in result["splits"].items():
-        frame[["text", "label"]].to_parquet(out / f"{name}.parquet", index=False)
-    with open(out / "quarantine.jsonl", "w", encoding="utf-8") as fh:
-        for r in result["quarantine"]:
-            fh.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
     report, validation = result["report"], result["validation"]
     counts = {
         "splits": {
@@ -194,8 +189,14 @@ def run(params: Params, out: Path, metrics: Path, report_file: Path) -> None:
         },
         "quarantine_reasons": report["quarantine_reasons"],
     }
-    cli.write_json(out / "validation.json", validation)
-    (out / "validation.md").write_text(render_markdown(validation, counts), encoding="utf-8")
+    with atomic_dir(out) as folder:
+        for name, frame in result["splits"].items():
+            frame[["text", "label"]].to_parquet(folder / f"{name}.parquet", index=False)
+        with open(folder / "quarantine.jsonl", "w", encoding="utf-8") as fh:
+            for r in result["quarantine"]:
+                fh.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
+        cli.write_json(folder / "validation.json", validation)
+        (folder / "validation.md").write_text(render_markdown(validation, counts), encoding="utf-8")
     cli.write_results(report_file, metrics, report, headline(report))
     log.info("rows %s, quarantined %d %s", report["rows"], report["quarantined"], report["quarantine_reasons"])
     if not validation["success"]:

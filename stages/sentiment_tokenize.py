@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from textops import cli
+from textops.atomic import atomic_dir, atomic_write_text
 from textops.errors import PipelineError
 from textops.modeling import load_tokenizer
 from textops.params import Params
@@ -106,7 +107,6 @@ def run(
     token ids)."""
     name = params.sentiment.model.name
     tokenizer = load_tokenizer(name)
-    out.mkdir(parents=True, exist_ok=True)
     result = {
         "tokenizer": type(tokenizer).__name__,
         "algorithm": algorithm(tokenizer),
@@ -114,12 +114,15 @@ def run(
         "max_length": params.sentiment.model.max_length,
     }
     frames = {}
-    for split in SPLITS:
-        frames[split] = pd.read_parquet(prepared / f"{split}.parquet")
-        encoded, lengths = encode(frames[split], tokenizer, params.sentiment.model.max_length, params.sentiment.labels)
-        encoded.to_parquet(out / f"{split}.parquet", index=False)
-        result[split] = length_report(lengths, params.sentiment.model.max_length)
-        log.info("%s: %s", split, result[split])
+    with atomic_dir(out) as folder:
+        for split in SPLITS:
+            frames[split] = pd.read_parquet(prepared / f"{split}.parquet")
+            encoded, lengths = encode(
+                frames[split], tokenizer, params.sentiment.model.max_length, params.sentiment.labels
+            )
+            encoded.to_parquet(folder / f"{split}.parquet", index=False)
+            result[split] = length_report(lengths, params.sentiment.model.max_length)
+            log.info("%s: %s", split, result[split])
     t = params.sentiment.tokenize
     train_texts = list(frames["train"]["text"])
     bpe = fast(train_byte_level_bpe(train_texts, t.bpe_vocab_size, t.bpe_min_frequency))
@@ -136,8 +139,7 @@ def run(
     )
     cli.write_results(report_file, metrics, result, headline(result))
     if report is not None:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(render_report(result, name), encoding="utf-8")
+        atomic_write_text(report, render_report(result, name))
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from textops import cli
+from textops.atomic import atomic_dir, atomic_write_text
 from textops.errors import GateFailed, PipelineError
 from textops.params import GenerationParams, Params
 from textops.plots import attention_png
@@ -58,8 +59,6 @@ def attention_figures(model_dir: Path, tokenizer, prompts: list[str], figures: P
 
     # SDPA kernels return no attention weights; the eager path does.
     model = GPT2LMHeadModel.from_pretrained(model_dir, attn_implementation="eager").eval()
-    for stale in (figures / "attention").glob("prompt_*.png"):  # from a run with more prompts
-        stale.unlink()
     paths = []
     for i, prompt in enumerate(prompts):
         ids = document_ids(tokenizer, prompt, tokenizer.eos_token_id)[-model.config.n_positions :]
@@ -180,9 +179,9 @@ def run(
         "strategies": {name: strategy_stats(rows) for name, rows in samples.items()},
     }
     cli.write_results(report_file, metrics, result, headline(result))
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(render_report(result, samples, params), encoding="utf-8")
-    attention_figures(model, tokenizer, e.prompts, figures)
+    atomic_write_text(report, render_report(result, samples, params))
+    with atomic_dir(figures) as folder:
+        attention_figures(model, tokenizer, e.prompts, folder)
     tracker = ModelRun(params.story.tracking.enabled, params.story.tracking.experiment).reopen(model)
     tracker.log_metrics(numeric("eval", result))
     tracker.log_artifact(report, "evaluate")

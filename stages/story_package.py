@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from textops import cli
+from textops.atomic import atomic_dir
 from textops.errors import GateFailed
 from textops.packaging import REPORTS, fresh_package, read_reports, register, write_card_and_manifest
 from textops.params import Params, flatten
@@ -157,16 +158,17 @@ def run(
     problems = int8_problems(data["quantize"], q.max_perplexity_change, q.min_greedy_agreement)
     if problems:  # the report predates a params change, or was edited: never ship a model that fails it
         raise GateFailed(f"{quantize_report} fails the INT8 gate:\n  - " + "\n  - ".join(problems))
-    made = fresh_package(int8, out)
-    git = made["git"]
-    config = cli.read_json(out / "config.json")
-    fields = {
-        "name": params.story.package.model_name,
-        "task": TASK,
-        "context": config.get("n_positions"),
-        "data_hash": data["prepare"]["data_hash"],
-    }
-    write_card_and_manifest(out, model_card(params, data, config, git, made["created"]), fields, made)
+    with atomic_dir(out) as package:
+        made = fresh_package(int8, package)
+        git = made["git"]
+        config = cli.read_json(package / "config.json")
+        fields = {
+            "name": params.story.package.model_name,
+            "task": TASK,
+            "context": config.get("n_positions"),
+            "data_hash": data["prepare"]["data_hash"],
+        }
+        write_card_and_manifest(package, model_card(params, data, config, git, made["created"]), fields, made)
     register(params.story.tracking, params.story.package.model_name, model, out, evidence(data, git, "passed"), TASK)
 
 

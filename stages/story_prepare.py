@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from textops import cli
+from textops.atomic import atomic_dir
 from textops.params import Params
 from textops.sources import hash_files
 from textops.story.corpus import SEPARATOR, TooManyBad, prepare_corpus, reason_key
@@ -53,15 +54,12 @@ def headline(report: dict) -> dict:
 
 def run(params: Params, out: Path, metrics: Path, report_file: Path) -> None:
     p = params.story.prepare
-    out.mkdir(parents=True, exist_ok=True)
     try:
         result = prepare_corpus(p, params.story.seed)
     except TooManyBad as error:
-        write_quarantine(out / "quarantine.jsonl", error.quarantine)  # so the user can see each one
+        with atomic_dir(out) as folder:  # the quarantine alone, so the user can see each one
+            write_quarantine(folder / "quarantine.jsonl", error.quarantine)
         raise
-    for name, docs in result["splits"].items():
-        (out / f"{name}.txt").write_text(SEPARATOR.join(d.text for d in docs), encoding="utf-8")
-    write_quarantine(out / "quarantine.jsonl", result["quarantine"])
     report, validation = summary(result, p.source), result["validation"]
     leaked = report["quarantine_reasons"].get("leakage", 0)
     counts = {
@@ -75,8 +73,12 @@ def run(params: Params, out: Path, metrics: Path, report_file: Path) -> None:
         },
         "quarantine_reasons": report["quarantine_reasons"],
     }
-    cli.write_json(out / "validation.json", validation)
-    (out / "validation.md").write_text(render_markdown(validation, counts), encoding="utf-8")
+    with atomic_dir(out) as folder:
+        for name, docs in result["splits"].items():
+            (folder / f"{name}.txt").write_text(SEPARATOR.join(d.text for d in docs), encoding="utf-8")
+        write_quarantine(folder / "quarantine.jsonl", result["quarantine"])
+        cli.write_json(folder / "validation.json", validation)
+        (folder / "validation.md").write_text(render_markdown(validation, counts), encoding="utf-8")
     cli.write_results(report_file, metrics, report, headline(report))
     log.info(
         "documents %s, chars %s, quarantined %d %s",

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from textops import cli
+from textops.atomic import atomic_dir
 from textops.errors import GateFailed, PipelineError
 from textops.modeling import torch_threads
 from textops.onnx_export import INT8_FILE, choose_config, cpu_flags, nodes_matching
@@ -256,11 +257,9 @@ def headline(report: dict) -> dict:
 
 def run(params: Params, model: Path, tokenized: Path, fp32: Path, int8: Path, metrics: Path, report_file: Path) -> None:
     q = params.story.quantize
-    for folder in (fp32, int8):
-        if folder.exists():
-            shutil.rmtree(folder)
-    export(model, fp32)
-    config_name, excluded = quantize(model, fp32, int8, q.per_channel, q.exclude_nodes)
+    with atomic_dir(fp32) as fp32_tmp, atomic_dir(int8) as int8_tmp:
+        export(model, fp32_tmp)
+        config_name, excluded = quantize(model, fp32_tmp, int8_tmp, q.per_channel, q.exclude_nodes)
     report = measure(params, model, tokenized, fp32, int8)
     sizes = {
         "pytorch_fp32": (model / "model.safetensors").stat().st_size,

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from textops import cli
+from textops.atomic import atomic_dir, atomic_write_text
 from textops.errors import PipelineError
 from textops.params import Params
 from textops.story.corpus import SEPARATOR
@@ -95,11 +96,11 @@ def run(
     tokenizer and the streams)."""
     docs = {split: read_documents(prepared, split) for split in SPLITS}
     tokenizer = build_tokenizer(params.story, docs["train"])
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(str(out / "tokenizer"))
     streams = {split: encode_stream(tokenizer, docs[split]) for split in SPLITS}
-    for split, stream in streams.items():
-        np.save(out / f"{split}.npy", stream)
+    with atomic_dir(out) as folder:
+        tokenizer.save_pretrained(str(folder / "tokenizer"))
+        for split, stream in streams.items():
+            np.save(folder / f"{split}.npy", stream)
     roles, compared, missing = compared_tokenizers(params, tokenizer)
     result = {
         "kind": params.story.tokenize.kind,
@@ -124,8 +125,7 @@ def run(
     result["compare"] = rows
     result["compare_missing"] = missing
     if report is not None:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(render_report(result, rows, missing), encoding="utf-8")
+        atomic_write_text(report, render_report(result, rows, missing))
     cli.write_results(report_file, metrics, result, headline(result))
     log.info("%s", {k: v for k, v in result.items() if k != "compare"})
 

@@ -43,7 +43,7 @@ def run(
     )
     record_training(
         tracker,
-        lambda: train(params, tokenized, out, checkpoints),
+        lambda model_dir: train(params, tokenized, model_dir, checkpoints),
         curves,
         out,
         checkpoints,

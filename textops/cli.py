@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from textops.atomic import atomic_write_text
 from textops.errors import PipelineError
 from textops.params import for_stage, load_params
 
@@ -29,10 +30,21 @@ def parser(description: str, paths: Sequence[str]) -> argparse.ArgumentParser:
 def main(
     stage: str, description: str, paths: Sequence[str], run: Callable[..., Any], argv: Sequence[str] | None = None
 ) -> int:
+    import signal
+    import threading
+
     args = parser(description, paths).parse_args(argv)
     # Only our own loggers speak at INFO; libraries (GX logs hundreds of lines) stay at WARNING.
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s {stage} %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
+
+    def stop(signum: int, _frame) -> None:
+        # SIGTERM (the flow stopping this stage: cancelled, timed out or itself terminated) as an exception
+        # rather than instant death, so `except`/`finally` blocks run: the MLflow run ends FAILED, not RUNNING.
+        raise SystemExit(f"error in stage '{stage}': stopped by {signal.Signals(signum).name}")
+
+    in_main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    previous = signal.signal(signal.SIGTERM, stop) if in_main else None
     try:
         # Only the keys dvc.yaml lists for this stage: reading another one is an error naming it.
         params = for_stage(load_params(args.params), stage)
@@ -40,12 +52,14 @@ def main(
     except PipelineError as error:
         print(f"error in stage '{stage}': {error}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_json(path: Path) -> Any:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from textops.atomic import atomic_dir
+
 MODEL_FILE = "model.onnx"  # what Optimum's exporter writes, and the packaged model's name
 INT8_FILE = "model_quantized.onnx"  # what ORTQuantizer writes
 
@@ -61,14 +63,27 @@ def export_onnx(model: Path, out: Path) -> None:
 def export_and_quantize(
     model: Path, fp32: Path, int8: Path, config_name: str, per_channel: bool, exclude: list[str], optimize: bool
 ) -> list[str]:
-    """Optimum export to fp32/, then (optionally O1 graph fusions and) dynamic INT8 into int8/."""
+    """Optimum export to fp32/, then (optionally O1 graph fusions and) dynamic INT8 into int8/. Each folder
+    replaces the old one only once both are complete (textops.atomic)."""
+    from transformers import AutoTokenizer
+
+    with atomic_dir(fp32) as fp32_tmp, atomic_dir(int8) as int8_tmp:
+        export_onnx(model, fp32_tmp)
+        excluded = quantize(fp32_tmp, int8_tmp, config_name, per_channel, exclude, optimize)
+        for folder in (fp32_tmp, int8_tmp):
+            AutoTokenizer.from_pretrained(model).save_pretrained(folder)
+    return excluded
+
+
+def quantize(
+    fp32: Path, int8: Path, config_name: str, per_channel: bool, exclude: list[str], optimize: bool
+) -> list[str]:
+    """Dynamic INT8 of fp32/model.onnx into int8/model_quantized.onnx; returns the node names kept in FP32."""
     import tempfile
 
     from optimum.onnxruntime import ORTOptimizer, ORTQuantizer
     from optimum.onnxruntime.configuration import AutoOptimizationConfig, AutoQuantizationConfig
-    from transformers import AutoTokenizer
 
-    export_onnx(model, fp32)
     with tempfile.TemporaryDirectory() as scratch:
         source, file_name = fp32, "model.onnx"
         if optimize:
@@ -84,6 +99,4 @@ def export_and_quantize(
     produced = [p for p in int8.glob("*.onnx")]
     if produced and produced[0].name != INT8_FILE:
         produced[0].rename(int8 / INT8_FILE)
-    for folder in (fp32, int8):
-        AutoTokenizer.from_pretrained(model).save_pretrained(folder)
     return excluded

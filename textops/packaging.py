@@ -32,11 +32,9 @@ def read_reports(stage: str, int8: Path, paths: tuple[Path, ...]) -> dict[str, d
 
 
 def fresh_package(int8: Path, out: Path) -> dict:
-    """`out` anew: the INT8 model as model.onnx beside its tokenizer and config (not onnxruntime's own config).
-    Returns the git state and creation time the card and manifest record."""
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    """The empty folder `out` (the package's, staged by textops.atomic) filled with the INT8 model as model.onnx
+    beside its tokenizer and config (not onnxruntime's own config). Returns the git state and creation time
+    the card and manifest record."""
     for f in int8.iterdir():
         if f.is_file() and f.suffix != ".onnx" and f.name != "ort_config.json":
             shutil.copy2(f, out / f.name)

@@ -147,7 +147,26 @@ class OrchestrateParams(Section):
     timezone: str
 
 
-class ServeParams(Section):
+class ExposureParams(Section):
+    """What both services share about being reachable (serving/exposure.py, docs/serving.md)."""
+
+    host: str  # `bentoml serve`'s bind address unless --host says otherwise (BentoML's own: 0.0.0.0)
+    # Requests in progress per service (split over its workers); one more gets 503 with Retry-After.
+    max_concurrency: int = Field(ge=1)
+    # The environment variable holding the bearer token every endpoint but the health checks needs; null: none.
+    auth_token_env: str | None = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("host")
+    @classmethod
+    def _an_ip_address(cls, value: str) -> str:
+        # Kept a str (not pydantic's IPvAnyAddress) so dumped params stay plain YAML.
+        import ipaddress
+
+        ipaddress.ip_address(value)  # ValueError names the bad value
+        return value
+
+
+class ServeParams(ExposureParams):
     """The BentoML service (serving/): which alias it serves, batching, and limits on what a request may hold."""
 
     alias: str  # the registry alias `bentoml build` bundles and registry mode follows
@@ -293,7 +312,7 @@ class StoryPromoteParams(Section):
     max_size_mb: float = Field(gt=0)
 
 
-class StoryServeParams(Section):
+class StoryServeParams(ExposureParams):
     alias: str
     max_prompt_chars: int = Field(ge=1)
     max_new_tokens: int = Field(ge=1)  # the largest a request may ask for

@@ -23,6 +23,7 @@ from textops.tracking import configure
 
 
 def status(name: str) -> dict:
+    registry.notice_hand_moves(name)  # so the log shown includes moves made in the MLflow UI
     aliases = {}
     for alias in (registry.CHAMPION, registry.CHALLENGER, registry.PREVIOUS):
         try:

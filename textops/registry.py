@@ -3,7 +3,9 @@
 Aliases: `challenger` (newest registered), `champion` (what serves), `previous` (the champion before).
 MLflow keeps no history of aliases, so every change is appended to the registered model's tags as
 `audit.NNNNN` (JSON: who, when, alias, from, to, reason, evidence). Changes made by hand in the UI
-are honoured: everything reads the aliases live, and the next change notes the hand-made one.
+are honoured: everything reads the aliases live, and the next registry operation (or the service, when it
+follows one) records each as a manual move and points `previous` at the version a hand-moved champion replaced
+(reconcile), so `rollback` goes back there.
 The mechanics are task-free: `judge` takes a task's scorer and decision rule (textops.tasks: the sentiment
 gate scores accuracy, higher wins; the story gate perplexity, lower wins).
 """
@@ -22,6 +24,7 @@ from importlib.metadata import version as installed
 from pathlib import Path
 from typing import Any
 
+from textops import integrity
 from textops.cli import sha256
 from textops.errors import PipelineError
 
@@ -56,12 +59,20 @@ def audit_log(name: str) -> list[dict]:
     return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(AUDIT))]
 
 
-def record(name: str, alias: str, old: str | None, new: str | None, reason: str, evidence: dict | None = None) -> dict:
-    """Append one alias change to the audit log (call under promotion_lock)."""
+def record(
+    name: str,
+    alias: str,
+    old: str | None,
+    new: str | None,
+    reason: str,
+    evidence: dict | None = None,
+    by: str | None = None,
+) -> dict:
+    """Append one alias change to the audit log (call under promotion_lock). `by`: who made it, when not us."""
     entries = [k for k in client().get_registered_model(name).tags if k.startswith(AUDIT)]
     entry = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "who": who(),
+        "who": by or who(),
         "alias": alias,
         "from": old,
         "to": new,
@@ -110,8 +121,8 @@ def promotion_lock(name: str, timeout: float = 120.0):
 # ---------------------------------------------------------------- aliases
 
 
-def version_of(name: str, alias: str) -> str | None:
-    """The version an alias points at, or None; an alias whose version was deleted is an error."""
+def live(name: str, alias: str) -> str | None:
+    """The version an alias points at now, as MLflow has it (None: no such alias)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -119,17 +130,68 @@ def version_of(name: str, alias: str) -> str | None:
     except MlflowException as error:
         if "RESOURCE_DOES_NOT_EXIST" not in str(error.error_code) and "not found" not in str(error):
             raise
-    # MLflow drops an alias with its version: if the log says the alias was set, say what happened.
-    for entry in reversed(audit_log(name)):
+        return None
+
+
+def logged(name: str, alias: str, log: list[dict] | None = None) -> str | None:
+    """Where the audit log last put an alias (None: never set, or removed)."""
+    for entry in reversed(audit_log(name) if log is None else log):
         if entry["alias"] == alias:
-            if entry["to"] is not None:
-                raise RegistryError(
-                    f"alias '{alias}' of '{name}' pointed at version {entry['to']}, which no longer "
-                    f"exists (deleted?). Set it again: `python -m textops.promote promote --version N "
-                    f"--force --reason ...` or `python -m textops.promote rollback`"
-                )
-            break
+            return entry["to"]
     return None
+
+
+def reconcile(name: str) -> list[dict]:
+    """Record alias moves made outside textops (the MLflow UI, a raw client), as the log would have had them
+    (call under promotion_lock). A hand-moved champion also moves `previous` to the version it replaced, so
+    `rollback` returns there. Returns the entries written."""
+    written = []
+    # previous first: a hand move of previous is recorded before a champion move sets it.
+    for alias in (CHALLENGER, PREVIOUS, CHAMPION):
+        was, now = logged(name, alias), live(name, alias)
+        if was == now or (now is None and not _exists(name, was)):
+            continue  # unchanged, or the alias went with its deleted version (version_of names that)
+        noticed = f"moved outside textops (MLflow UI or client); noticed by {who()}"
+        written.append(record(name, alias, was, now, noticed, {"manual": True}, by="unknown (hand move)"))
+        if alias == CHAMPION and was is not None and now is not None and live(name, PREVIOUS) != was:
+            if _exists(name, was):
+                move(name, PREVIOUS, was, f"v{was} was replaced by the hand-moved champion v{now}")
+                written.append(audit_log(name)[-1])
+    return written
+
+
+def _exists(name: str, version: str | None) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    if version is None:
+        return False
+    try:
+        client().get_model_version(name, str(version))
+        return True
+    except MlflowException:
+        return False
+
+
+def notice_hand_moves(name: str) -> list[dict]:
+    """reconcile() under the lock: for callers outside a registry operation (the service, status)."""
+    with promotion_lock(name):
+        return reconcile(name)
+
+
+def version_of(name: str, alias: str) -> str | None:
+    """The version an alias points at, or None; an alias whose version was deleted is an error."""
+    current = live(name, alias)
+    if current is not None:
+        return current
+    # MLflow drops an alias with its version: if the log says the alias was set, say what happened.
+    was = logged(name, alias)
+    if was is not None and not _exists(name, was):
+        raise RegistryError(
+            f"alias '{alias}' of '{name}' pointed at version {was}, which no longer exists (deleted?). "
+            f"Set it again: `python -m textops.promote promote --version N --force --reason ...` or "
+            f"`python -m textops.promote rollback`"
+        )
+    return None  # never set, removed through textops, or removed by hand (reconcile records that)
 
 
 def require_version(name: str, version: str) -> Any:
@@ -154,6 +216,38 @@ def move(name: str, alias: str, new: str | None, reason: str, evidence: dict | N
     else:
         client().set_registered_model_alias(name, alias, str(new))
     record(name, alias, old, new, reason, evidence)
+
+
+# ---------------------------------------------------------------- verified packages
+
+
+def package_cache(name: str, version: str) -> Path:
+    """Where a version's files are downloaded: one folder per version, so a remote store is fetched once."""
+    import tempfile
+
+    return (
+        Path(os.environ.get("TEXTOPS_REGISTRY_CACHE", Path(tempfile.gettempdir()) / "textops-registry"))
+        / name
+        / str(version)
+    )
+
+
+def fetch_package(name: str, version: str) -> Path:
+    """The package folder of `name` version `version` (INT8 ONNX, tokenizer, labels), downloaded when the store
+    is remote, and checked file by file against the sha256 tags written at registration (IntegrityError
+    otherwise). Nothing is unpickled: the folder holds data files only, and callers load them directly."""
+    import mlflow
+
+    tags = require_version(name, version).tags
+    cache = package_cache(name, version)
+    cache.mkdir(parents=True, exist_ok=True)
+    # A local store answers with the stored folder itself and ignores dst_path.
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(cache)))
+    package = root / "artifacts" / "package"
+    if not (package / "model.onnx").is_file():
+        raise RegistryError(f"'{name}' version {version} holds no artifacts/package/model.onnx (under {root})")
+    integrity.verify(package, tags, f"'{name}' version {version}")
+    return package
 
 
 # ---------------------------------------------------------------- registration
@@ -181,6 +275,8 @@ def register(
     if not (package_dir / "model.onnx").is_file():
         raise RegistryError(f"{package_dir}/model.onnx is missing: run the package stage first (dvc repro)")
     python_model, example, output, params = flavour(package_dir)
+    # Hashed before logging: the tags hold what the package stage built, and every loader checks against them.
+    digests = integrity.as_tags(integrity.digests(package_dir))
     version = None
     try:
         with mlflow.start_run(run_id=run_id):
@@ -196,9 +292,11 @@ def register(
             )
         version = str(info.registered_model_version)
         client().log_artifacts(run_id, str(fp32_dir), "fp32_model")
-        for key, value in {**evidence, "fp32_model": f"runs:/{run_id}/fp32_model", "run_id": run_id}.items():
+        tags = {**evidence, **digests, "fp32_model": f"runs:/{run_id}/fp32_model", "run_id": run_id}
+        for key, value in tags.items():
             client().set_model_version_tag(name, version, key, str(value))
         with promotion_lock(name):
+            reconcile(name)
             move(name, CHALLENGER, version, "registered by the package stage", evidence)
     except Exception:
         if version is not None:  # no half-registered version: drop it when a later step failed
@@ -222,6 +320,7 @@ def judge(
     if not Path(eval_path).is_file():
         raise RegistryError(f"frozen eval set {eval_path} not found (run `dvc repro` or pass --eval)")
     with promotion_lock(name):
+        reconcile(name)
         candidate = str(version) if version else version_of(name, CHALLENGER)
         if candidate is None:
             current = version_of(name, CHAMPION)
@@ -266,6 +365,7 @@ def force(name: str, version: str, reason: str) -> dict:
     if not reason.strip():
         raise RegistryError('--force needs --reason "..." saying why (it goes into the audit log)')
     with promotion_lock(name):
+        reconcile(name)
         require_version(name, version)
         old = version_of(name, CHAMPION)
         if old == str(version):
@@ -279,6 +379,7 @@ def force(name: str, version: str, reason: str) -> dict:
 def rollback(name: str, reason: str = "rollback") -> dict:
     """champion goes back to `previous`; the rolled-back version becomes `previous`, so a second rollback undoes it."""
     with promotion_lock(name):
+        reconcile(name)
         back_to = version_of(name, PREVIOUS)
         if back_to is None:
             raise RegistryError(f"'{name}' has no '{PREVIOUS}' version to roll back to")

@@ -19,6 +19,10 @@ from textops.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FILE = "mlflow_run.json"
+# The Prefect flow gives each stage it runs an id (its task run's); the runs the stage opens carry it as a tag,
+# so the flow can end them FAILED when the stage dies before it could (SIGKILL, OOM).
+STAGE_RUN_ENV = "TEXTOPS_TASK_RUN_ID"
+STAGE_RUN_TAG = "prefect_task_run_id"
 
 
 def workspace() -> Path:
@@ -168,6 +172,7 @@ class ModelRun:
                         **git_tags(),
                         "mlflow.user": getpass.getuser(),
                         "mlflow.source.name": "dvc repro",
+                        **({STAGE_RUN_TAG: os.environ[STAGE_RUN_ENV]} if os.environ.get(STAGE_RUN_ENV) else {}),
                         **tags,
                     },
                 )
@@ -228,3 +233,21 @@ class ModelRun:
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id:
             self.client.set_terminated(self.run_id, status=status)
+
+
+def fail_running_runs(uri: str, stage_run_id: str) -> list[str]:
+    """End FAILED the runs a stage opened (tagged with its `stage_run_id`) that are still RUNNING: a stage
+    killed before its own `except` ran leaves them RUNNING for ever. Returns their ids."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return []  # no store, so no run (opening it would create it)
+    import uuid
+
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    query = f"tags.{STAGE_RUN_TAG} = '{uuid.UUID(stage_run_id)}' and attributes.status = 'RUNNING'"
+    runs = client.search_runs(experiments, query) if experiments else []
+    for run in runs:
+        client.set_terminated(run.info.run_id, status="FAILED")
+    return [run.info.run_id for run in runs]

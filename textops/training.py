@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from textops import cli
+from textops.atomic import atomic_dir, atomic_file
 from textops.tracking import ModelRun, numeric, write_run_id
 
 log = logging.getLogger("textops.training")
@@ -78,7 +79,7 @@ def start_run(tracking: Any, task: str, run_name: str, prepare_report: Path, bas
 
 def record_training(
     tracker: ModelRun,
-    train_model: Callable[[], dict],
+    train_model: Callable[[Path], dict],
     curves_of: Callable,
     out: Path,
     checkpoints: Path,
@@ -89,22 +90,24 @@ def record_training(
 ) -> None:
     """Both train stages' tail: train inside the model's MLflow run (failed if training raises), then the
     curves as DVC plots, the report (its `headline` keys also as the metrics file), the run id beside the
-    model; checkpoints cleared."""
-    try:
-        result = train_model()
-    except BaseException:
-        tracker.finish("FAILED")
-        raise
+    model; checkpoints cleared. train_model saves into the folder it is given, which becomes `out` only once
+    it holds the whole model, run id included (textops.atomic)."""
+    with atomic_dir(out) as model_dir:
+        try:
+            result = train_model(model_dir)
+        except BaseException:
+            tracker.finish("FAILED")
+            raise
+        if tracker.run_id:
+            write_run_id(model_dir, tracker.run_id, tracker.uri)
     loss_curve, eval_curve = curves_of(result["log_history"])
-    curve.mkdir(parents=True, exist_ok=True)
-    loss_curve.to_csv(curve / "loss.csv", index=False)
-    eval_curve.to_csv(curve / "eval.csv", index=False)
+    for frame, name in ((loss_curve, "loss.csv"), (eval_curve, "eval.csv")):
+        with atomic_file(curve / name) as tmp:
+            frame.to_csv(tmp, index=False)
     report = result["metrics"]
     cli.write_results(report_file, metrics, report, {key: report[key] for key in headline})
     tracker.log_curve(result["log_history"])
     tracker.log_metrics(numeric("train", result["metrics"]))
-    if tracker.run_id:
-        write_run_id(out, tracker.run_id, tracker.uri)
     tracker.finish()
     # A finished run needs no checkpoints: keep only the fingerprint, so a rerun starts clean.
     for stale in checkpoints.glob("checkpoint-*"):

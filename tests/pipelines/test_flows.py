@@ -1,10 +1,11 @@
-"""Prefect flows under prefect_test_harness: real `dvc repro` subprocesses in scratch repositories."""
+"""Prefect flows against a real Prefect server: real `dvc repro` subprocesses in scratch repositories."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
+import prefect_server
 import pytest
 import yaml
 
@@ -19,11 +20,8 @@ STAGES = [f"sentiment_{s}" for s in STEPS]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
+def prefect_api(request) -> str:
+    return prefect_server.api_url(request.config)  # the test run's one Prefect server
 
 
 def git_repo(path: Path) -> Path:
@@ -212,7 +210,7 @@ def test_a_run_killed_mid_stage_leaves_dvc_usable(tmp_path):
     repo = scratch(tmp_path, "python step.py", retries=0, script=SLOW)
     from prefect.settings import PREFECT_API_URL
 
-    # The harness's server: left alone, the child would start an ephemeral server of its own, which
+    # The test run's server: left alone, the child would start an ephemeral server of its own, which
     # the SIGKILL below would orphan (it outlived the test run before).
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": PREFECT_API_URL.value()}
     flow = subprocess.Popen(

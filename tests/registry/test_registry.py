@@ -185,7 +185,7 @@ def test_champion_loads_in_a_fresh_offline_process_like_the_package(models, tmp_
 def write_params(models, name) -> Path:
     import yaml
 
-    raw = models["good"]["params"].model_dump()
+    raw = models["good"]["params"].model_dump(mode="json")
     raw["sentiment"]["package"]["model_name"] = name
     path = models["good"]["root"] / "params-cli.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,19 +36,24 @@ SERVE = {
 
 @pytest.fixture(scope="package")
 def store(tmp_path_factory):
-    """MLFLOW_TRACKING_URI of a fresh SQLite store, for this process and the servers; restored afterwards."""
+    """MLFLOW_TRACKING_URI of a fresh SQLite store, for this process and the servers; restored afterwards.
+    Registry downloads go to a folder of this session's own too: the default one (textops.registry.package_cache)
+    is keyed by model name and version only, which another session's store reuses for different files."""
     import mlflow
 
     db = tmp_path_factory.mktemp("service-mlflow") / "db" / "mlflow.db"
     db.parent.mkdir()
-    saved_env, saved_uri = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
+    cache = tmp_path_factory.mktemp("registry-cache")
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "TEXTOPS_REGISTRY_CACHE")}
+    saved_uri = mlflow.get_tracking_uri()
+    os.environ.update(MLFLOW_TRACKING_URI=f"sqlite:///{db}", TEXTOPS_REGISTRY_CACHE=str(cache))
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     yield db
-    if saved_env is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = saved_env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     mlflow.set_tracking_uri(saved_uri)
 
 
@@ -100,6 +107,34 @@ def set_champion(version: str) -> None:
     registry.force(NAME, version, "service tests")
 
 
+def copied_version(like: str, folder: Path) -> tuple[str, Path]:
+    """A new registry version of NAME holding a copy of version `like`'s artifacts (in `folder`) and its tags, the
+    sha256 ones included. Returns the version and its package folder: the files the registry hands out for it."""
+    import mlflow
+    from textops import registry
+
+    copy = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{like}", dst_path=str(folder)))
+    source = registry.require_version(NAME, like)
+    version = registry.client().create_model_version(NAME, str(copy), run_id=source.run_id, tags=source.tags).version
+    return str(version), copy / "artifacts" / "package"
+
+
+@contextmanager
+def flipped(path: Path) -> Iterator[tuple[str, str]]:
+    """One bit of one byte of `path` flipped (halfway in) until the block ends; yields its sha256 before and after."""
+    from textops.cli import sha256
+
+    original = path.read_bytes()
+    changed = bytearray(original)
+    changed[len(changed) // 2] ^= 0x01
+    good = sha256(path)
+    path.write_bytes(bytes(changed))
+    try:
+        yield good, sha256(path)
+    finally:
+        path.write_bytes(original)
+
+
 @pytest.fixture(scope="package")
 def service_repo(tmp_path_factory) -> Path:
     """A copy of the repository whose params.yaml has the test limits: the service reads the one beside it."""
@@ -133,6 +168,17 @@ def wait_for_version(url: str, version: str, timeout: float) -> float:
         assert time.monotonic() - began < timeout, f"still serving v{seen} after {timeout} s, expected v{version}"
         time.sleep(0.05)
     return time.monotonic() - began
+
+
+def all_workers(url: str, check, timeout: float = 30, answers: int = 12) -> dict:
+    """/metadata until `check` holds for `answers` in a row (each worker follows the alias on its own, and
+    a request reaches either); returns the last answer."""
+    deadline, streak = time.monotonic() + timeout, 0
+    while streak < answers:
+        meta = metadata(url)
+        assert time.monotonic() < deadline, f"not every worker got there within {timeout} s; last /metadata: {meta}"
+        streak = streak + 1 if check(meta) else 0
+    return meta
 
 
 def pytest_configure(config):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.conftest import NAME, SERVE
+from service.conftest import NAME, SERVE, flipped
 from service.servers import BENTOML, classify, metadata, start, stop
 
 TEXTS = ["the film was good", "a dull , lifeless plot", "truly wonderful acting"]
@@ -53,6 +53,8 @@ def bento_server(bento, server_env, tmp_path_factory):
 
 
 def test_bento_records_the_explicit_model_version(bento):
+    from textops import integrity, registry
+
     manifest = yaml.safe_load((bento["folder"] / "bento.yaml").read_text())
     model_tag = f"{NAME}:v{bento['version']}-{bento['run_id'][:12]}"
     (service,) = manifest["services"]
@@ -62,6 +64,8 @@ def test_bento_records_the_explicit_model_version(bento):
         (Path(bento["folder"]).parents[2] / "models" / NAME / model_tag.split(":")[1] / "model.yaml").read_text()
     )
     assert stored["labels"]["registry_version"] == bento["version"] and stored["metadata"]["run_id"] == bento["run_id"]
+    # The registered sha256 of every bundled file, checked when the Bento is served.
+    assert stored["metadata"]["sha256"] == integrity.expected(registry.require_version(NAME, bento["version"]).tags)
     bundled = yaml.safe_load((bento["folder"] / "src" / "params.yaml").read_text())
     assert bundled["sentiment"]["serve"]["max_items"] == SERVE["max_items"]  # the params of the folder it was built in
 
@@ -102,3 +106,25 @@ def test_bento_explains_with_the_bundled_version(bento, bento_server, models):
     assert [w["score"] for w in got["words"]] == pytest.approx([w["score"] for w in want["words"]], abs=1e-5)
     page = httpx.get(f"{bento_server.url}/explain/view", params={"text": TEXTS[2]}, timeout=60)
     assert page.status_code == 200 and page.text.count('class="w"') == len(TEXTS[2].split())
+
+
+def test_a_bundled_copy_changed_after_the_build_is_not_served(bento, server_env, tmp_path):
+    """One flipped byte in the BentoML model store's copy: the served Bento checks it against the digests the build
+    recorded before loading it, and stays up but not ready, saying why, instead of serving it."""
+    import httpx
+
+    model_tag = f"{NAME}:v{bento['version']}-{bento['run_id'][:12]}"
+    stored = Path(server_env["BENTOML_HOME"]) / "models" / NAME / model_tag.split(":")[1]
+    env = {**server_env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    with flipped(stored / "package" / "model.onnx") as (good, bad):
+        server = start([bento["tag"]], tmp_path, env, tmp_path / "tampered.log", probe="/livez")
+        try:
+            ready = httpx.get(f"{server.url}/readyz", timeout=10)
+            answer = classify(server.url, "a fine film")
+            meta = httpx.get(f"{server.url}/metadata", timeout=10)
+        finally:
+            stop(server)
+    mismatch = f"model.onnx: expected sha256 {good}, actual {bad}"
+    assert ready.status_code == 503 and ready.json()["ready"] is False and mismatch in ready.json()["reason"]
+    assert answer.status_code == 503  # BentoML keeps a 5xx's message to the log; /readyz and /metadata say why
+    assert meta.status_code == 503 and mismatch in meta.json()["reason"]

@@ -232,6 +232,67 @@ def test_model_aliases_container():
     )
 
 
+def test_max_concurrency_middleware():
+    def test():
+        import asyncio
+
+        from _bentoml_impl.server import app as service_app
+        from bentoml._internal.server import base_app
+        from bentoml._internal.server.http import traffic
+
+        from serving.bentoml_private import TRAFFIC_MODULE, MaxConcurrencyMiddleware, traffic_module
+        from serving.exposure import Shed
+
+        require(traffic_module() is traffic and TRAFFIC_MODULE == traffic.__name__, "traffic_module() moved")
+        require(
+            traffic.MaxConcurrencyMiddleware in (MaxConcurrencyMiddleware, Shed),
+            f"{TRAFFIC_MODULE}.MaxConcurrencyMiddleware is {traffic.MaxConcurrencyMiddleware!r}",
+        )
+        require(
+            params(MaxConcurrencyMiddleware.__init__) == ["self", "app", "max_concurrency", "skip_paths"],
+            f"MaxConcurrencyMiddleware.__init__{inspect.signature(MaxConcurrencyMiddleware.__init__)}",
+        )
+        # serving.exposure.expose() replaces the module global; both app factories must import it when they build
+        # the middleware list, not when their module loads.
+        for factory in (base_app.BaseAppFactory, service_app.ServiceAppFactory):
+            code = inspect.getsource(factory.middlewares.fget)
+            require(
+                "import MaxConcurrencyMiddleware" in code,
+                f"{factory.__name__}.middlewares no longer imports MaxConcurrencyMiddleware when it runs",
+            )
+        # Shed reads the semaphore and the skipped paths, and takes over from BentoML's 429.
+        middleware = MaxConcurrencyMiddleware(None, 1, ["/x"])
+        require(isinstance(middleware._semaphore, asyncio.Semaphore), "MaxConcurrencyMiddleware._semaphore is gone")
+        require("/x" in middleware.skip_paths and "/readyz" in middleware.skip_paths, "skip_paths changed")
+        sent = []
+
+        async def hold_one():
+            async with middleware._semaphore:  # one request in progress
+                scope = {"type": "http", "path": "/classify", "method": "POST", "headers": []}
+
+                async def send(message):
+                    sent.append(message)
+
+                await middleware(scope, None, send)
+
+        asyncio.run(hold_one())
+        require(sent and sent[0]["status"] == 429, f"over the cap BentoML now answers {sent[:1]}")
+
+    check(
+        "bentoml._internal.server.http.traffic.MaxConcurrencyMiddleware (serving.exposure.Shed)",
+        test,
+    )
+
+
+def test_bentoml_home():
+    def test():
+        from serving.bentoml_private import bentoml_home
+
+        require(isinstance(bentoml_home(), Path) and str(bentoml_home()), "bentoml_home() is not a folder path")
+
+    check("BentoMLContainer.bentoml_home (serving.state.State.of)", test)
+
+
 def test_serving_imports_bentoml_internals_only_through_the_adapter():
     serving = Path(__file__).resolve().parents[2] / "serving"
     private = re.compile(r"^\s*(from|import)\s+(_bentoml_\w+|bentoml\._internal)\b", re.M)
@@ -243,6 +304,7 @@ def test_serving_imports_bentoml_internals_only_through_the_adapter():
 
 def test_public_replacements_are_public():
     """What serving/ takes from the public API instead of the internals it once used."""
-    assert "on_shutdown" in bentoml.__all__ and callable(bentoml.on_shutdown)  # serving.models.Hosted.stop
+    assert "on_shutdown" in bentoml.__all__ and callable(bentoml.on_shutdown)  # serving.hosting.Hosted.stop
+    assert "on_deployment" in bentoml.__all__  # the services' check_token, in `bentoml serve`'s own process
     assert "BentoModel" in bentoml.models.__all__  # serving.models.RegistryModel.to_info and resolve
     assert params(bentoml.models.BentoModel.to_info) == ["self", "alias"]

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import threading
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import yaml
 
 from conftest import copy_repo
-from service.servers import BENTOML, metadata, start, stop
+from service.servers import BENTOML, Held, metadata, start, stop, until
 from service.story_fixtures import CONTEXT, NAME, TAGS, build_package, register
 
 # Small limits keep bad requests small; max_new_tokens stays under the tiny model's context.
@@ -341,6 +343,42 @@ def test_no_request_got_500(server):
     assert "Error while streaming response" not in server.output() and server.proc.poll() is None
     # every 4xx above is one log line, not a traceback (serving/limits.py)
     assert "client error on /generate [POST]" in server.output() and "Traceback" not in server.output()
+
+
+def test_the_shared_exposure_code_guards_this_service_too(version, repo, server_env, tmp_path):
+    """serving/exposure.py on the story service: the bind address, the token, the cap (here 1)."""
+    exposed = tmp_path / "repo"
+    shutil.copytree(repo, exposed)
+    params = yaml.safe_load((exposed / "params.yaml").read_text())
+    params["story"]["serve"].update(auth_token_env="TEXTOPS_TEST_STORY_TOKEN", max_concurrency=1)
+    (exposed / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**server_env, "TEXTOPS_TEST_STORY_TOKEN": "story-token", "BENTOML_HOME": str(tmp_path / "home")}
+    auth = {"Authorization": "Bearer story-token"}
+
+    def send(path: str, headers: dict | None = None) -> httpx.Response:
+        return httpx.post(
+            f"{server.url}{path}", json={"prompt": PROMPT, "max_new_tokens": 4}, headers=headers, timeout=60
+        )
+
+    server = start(["serving.story:StoryGenerator"], exposed, env, tmp_path / "exposed.log", host=None)
+    try:
+        port = int(server.url.rsplit(":", 1)[1])
+        assert {c.laddr.ip for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"} == {
+            "127.0.0.1"
+        }
+        assert send("/generate").status_code == 401 and send("/generate_stream").status_code == 401
+        assert send("/generate", auth).status_code == 200
+        assert all(httpx.get(f"{server.url}{p}", timeout=10).status_code == 200 for p in ("/readyz", "/healthz"))
+        held = Held(server.url, "/generate", auth)  # the one slot, taken
+        try:
+            until(lambda: send("/generate_stream", auth).status_code == 503)  # once it has read the held headers
+            busy = send("/generate", auth)
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        finally:
+            held.close()
+        until(lambda: send("/generate", auth).status_code == 200)
+    finally:
+        stop(server)
 
 
 # ---------------------------------------------------------------- the built Bento, without MLflow

@@ -29,11 +29,13 @@ class Task:
         raise NotImplementedError
 
     def flavour(self, package_dir: Path) -> tuple[Any, Any, Any, dict | None]:
-        """For registration: the pyfunc, an input example, the package's output for it, the params schema."""
+        """For registration: the pyfunc's models-from-code file, an input example, the package's output for it,
+        the params schema."""
         raise NotImplementedError
 
     def score(self, name: str, version: str, eval_path: Path) -> dict[str, float]:
-        """A registered version's figure on the frozen eval set, loaded as serving would load it."""
+        """A registered version's figure on the frozen eval set, from its verified package files
+        (registry.fetch_package), loaded as serving loads them: no pickle, no code from the store."""
         raise NotImplementedError
 
     def decide(self, challenger: dict, champion: dict | None, promote: Any) -> list[str]:

@@ -8,6 +8,8 @@ from typing import Any
 from textops.params import Params
 from textops.tasks.base import Task
 
+# The registered pyfunc, as code (models-from-code): MLflow stores and runs this file, never a pickle.
+MODEL_CODE = str(Path(__file__).resolve().parents[1] / "mlflow_models" / "sentiment.py")
 # Two texts for the registered model's signature and input example.
 EXAMPLE = ["a charming , funny film .", "a dull mess ."]
 
@@ -28,22 +30,24 @@ class SentimentTask(Task):
         import pandas as pd
 
         from textops.inference import OnnxClassifier
-        from textops.pyfunc import ClassifierModel, as_frame
+        from textops.pyfunc import as_frame
 
         frame = pd.DataFrame({"text": EXAMPLE})
         output = as_frame(OnnxClassifier(package_dir, "model.onnx").classify(list(frame["text"])))
-        return ClassifierModel(), frame, output, None
+        return MODEL_CODE, frame, output, None
 
     def score(self, name: str, version: str, eval_path: Path) -> dict[str, float]:
-        """Load a version from the registry (as serving would) and score its accuracy on the frozen eval set."""
+        """Score a version's accuracy on the frozen eval set, on its verified package files as serving loads them."""
+        import numpy as np
         import pandas as pd
 
-        import mlflow
+        from textops import registry
+        from textops.inference import OnnxClassifier
 
         frame = pd.read_parquet(eval_path)
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-        predicted = model.predict(frame[["text"]])["label"]
-        return {"accuracy": round(float((predicted.to_numpy() == frame["label"].to_numpy()).mean()), 4)}
+        classifier = OnnxClassifier(registry.fetch_package(name, version), "model.onnx")
+        predicted = np.array([row["label"] for row in classifier.classify(list(frame["text"]))])
+        return {"accuracy": round(float((predicted == frame["label"].to_numpy()).mean()), 4)}
 
     def decide(self, challenger: dict, champion: dict | None, p: Any) -> list[str]:
         reasons = []

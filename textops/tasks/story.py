@@ -8,6 +8,9 @@ from typing import Any
 from textops.params import Params
 from textops.tasks.base import Task
 
+# The registered pyfunc, as code (models-from-code): MLflow stores and runs this file, never a pickle.
+MODEL_CODE = str(Path(__file__).resolve().parents[1] / "mlflow_models" / "story.py")
+
 
 class StoryTask(Task):
     name = "story"
@@ -20,18 +23,19 @@ class StoryTask(Task):
         return sorted(source.rglob("*.txt")) if source.is_dir() else [source]  # a text file, or a folder of them
 
     def flavour(self, package_dir: Path) -> tuple[Any, Any, Any, dict | None]:
-        from textops.story.pyfunc import GeneratorModel, example
+        from textops.story.pyfunc import example
 
-        return (GeneratorModel(), *example(package_dir))
+        return (MODEL_CODE, *example(package_dir))
 
     def score(self, name: str, version: str, eval_path: Path, batch_size: int = 32) -> dict[str, float]:
-        """Load a version from the registry (as serving would) and score its INT8 ONNX on the frozen eval blocks."""
+        """Score a version's INT8 ONNX on the frozen eval blocks, from its verified package files as serving loads them."""
         import numpy as np
 
-        import mlflow
+        from textops import registry
         from textops.story import lm
+        from textops.story.generation import OnnxGenerator
 
-        generator = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model().generator
+        generator = OnnxGenerator(registry.fetch_package(name, version), "model.onnx")
         blocks = lm.eval_blocks(np.load(eval_path), generator.context)
         return {"perplexity": round(lm.perplexity_of(lm.mean_loss(generator.logits, blocks, batch_size)), 4)}
 

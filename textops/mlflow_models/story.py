@@ -1,0 +1,7 @@
+"""The story pyfunc as code (MLflow models-from-code): `mlflow.pyfunc.load_model` runs this file."""
+
+from mlflow.models import set_model
+
+from textops.story.pyfunc import GeneratorModel
+
+set_model(GeneratorModel())
