@@ -241,7 +241,7 @@ def fetch_package(name: str, version: str) -> Path:
     tags = require_version(name, version).tags
     cache = package_cache(name, version)
     cache.mkdir(parents=True, exist_ok=True)
-    # A local store answers with the stored folder itself and ignores dst_path.
+    # MLflow copies the whole logged model into dst_path, even from a local store; what is checked is the copy.
     root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(cache)))
     package = root / "artifacts" / "package"
     if not (package / "model.onnx").is_file():
