@@ -84,7 +84,20 @@ def step(name: str, alias: str, host: Followed, state: State, log: logging.Logge
         return set_aside(name, alias, version, error, host, state, log)
     state.mark_last(source)
     log.info("now serving %s v%s", name, version)
+    if current is not None:  # the alias moved while serving: if by hand in the MLflow UI, the audit log says so
+        record_hand_moves(name, log)
     return None
+
+
+def record_hand_moves(name: str, log: logging.Logger) -> None:
+    """After the swap, so a busy registry lock never delays it; a promotion in progress will record it itself."""
+    from textops import registry
+
+    try:
+        for entry in registry.notice_hand_moves(name, timeout=5.0):
+            log.info("recorded a hand move of %s@%s: v%s -> v%s", name, entry["alias"], entry["from"], entry["to"])
+    except Exception as error:  # e.g. a registry user without write access: the next registry operation records it
+        log.warning("could not check %s's aliases for hand moves (%s)", name, error)
 
 
 def is_integrity_error(error: BaseException) -> bool:

@@ -17,7 +17,6 @@ Two copies are kept: the last one served and the one before it (and any made wit
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import typing as t
@@ -26,6 +25,8 @@ from pathlib import Path
 
 from serving.bentoml_private import bentoml_home
 from serving.models import Source
+from textops.atomic import atomic_dir
+from textops.cli import write_json  # whole or not at all (textops.atomic): a worker killed mid-write leaves the old
 
 # A copy younger than this is never pruned: loading it takes a worker seconds, and it is no use if deleted meanwhile.
 FRESH_S = 3600
@@ -38,13 +39,6 @@ def now() -> str:
 def copy_name(metadata: dict[str, t.Any]) -> str:
     # The run id keeps two registries' "version 1" apart, as in serving.models.bento_tag.
     return f"v{metadata['version']}-{(metadata.get('run_id') or 'norun')[:12]}"
-
-
-def write_json(path: Path, value: t.Any) -> None:
-    """Whole or not at all: a worker killed mid-write leaves the old file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> t.Any:
@@ -91,12 +85,9 @@ class State:
                 return self.copy(name, source.metadata)
             except Exception:  # absent, or changed since it was made: copy it again
                 pass
-            folder, tmp = self.copies / name, self.copies / f".{name}.tmp-{os.getpid()}"
-            for stale in (folder, tmp):
-                shutil.rmtree(stale, ignore_errors=True)
-            shutil.copytree(source.path, tmp)
-            write_json(self.copies / f"{name}.json", {"metadata": source.metadata, "sha256": source.digests})
-            os.replace(tmp, folder)
+            with atomic_dir(self.copies / name) as tmp:  # a worker killed mid-copy leaves no partial copy
+                shutil.copytree(source.path, tmp, dirs_exist_ok=True)
+                write_json(self.copies / f"{name}.json", {"metadata": source.metadata, "sha256": source.digests})
             return self.copy(name, source.metadata)
 
     def copy(self, name: str, metadata: dict[str, t.Any] | None = None) -> Source:

@@ -33,6 +33,17 @@ def _offline(tmp_path_factory):
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
 
 
+def git_commit_all(path: Path, message: str = "init") -> Path:
+    """`path` as a git repository whose one commit holds every file (DVC experiments and the flows need one)."""
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message],
+    ):
+        subprocess.run(cmd, cwd=path, check=True)
+    return path
+
+
 def copy_repo(dest: Path) -> Path:
     """The repository's tracked and untracked-but-not-ignored files, without run outputs, in `dest`."""
     files = (

@@ -172,9 +172,9 @@ def _exists(name: str, version: str | None) -> bool:
         return False
 
 
-def notice_hand_moves(name: str) -> list[dict]:
+def notice_hand_moves(name: str, timeout: float = 120.0) -> list[dict]:
     """reconcile() under the lock: for callers outside a registry operation (the service, status)."""
-    with promotion_lock(name):
+    with promotion_lock(name, timeout):
         return reconcile(name)
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import git_commit_all
+
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ["prepare", "tokenize", "train", "evaluate", "quantize", "package"]
 SENTIMENT = [f"sentiment_{s}" for s in STEPS]
@@ -58,13 +60,7 @@ def repo(tmp_path_factory) -> Path:
             continue
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, dest / name)
-    for cmd in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
-    ):
-        subprocess.run(cmd, cwd=dest, check=True)
-    return dest
+    return git_commit_all(dest, "copy")
 
 
 @pytest.fixture(scope="module")

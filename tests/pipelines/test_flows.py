@@ -9,7 +9,7 @@ import prefect_server
 import pytest
 import yaml
 
-from conftest import ROOT, copy_repo, sentences, write_tsv
+from conftest import ROOT, copy_repo, git_commit_all, sentences, write_tsv
 from pipelines.flows import data_hash, pipeline, retrain
 from pipelines.serve import deployment
 from textops import dag, tasks
@@ -22,16 +22,6 @@ STAGES = [f"sentiment_{s}" for s in STEPS]
 @pytest.fixture(scope="module", autouse=True)
 def prefect_api(request) -> str:
     return prefect_server.api_url(request.config)  # the test run's one Prefect server
-
-
-def git_repo(path: Path) -> Path:
-    for cmd in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
-    ):
-        subprocess.run(cmd, cwd=path, check=True)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +41,7 @@ def tiny_repo(tmp_path_factory, tiny_model_dir) -> Path:
     params["orchestrate"].update(retries=0)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert data.is_file()
-    return git_repo(repo)
+    return git_commit_all(repo)
 
 
 def test_stage_order_comes_from_dvc_yaml():
@@ -176,7 +166,7 @@ def scratch(tmp_path: Path, cmd: str, retries: int, script: str = FLAKY) -> Path
     (repo / ".gitignore").write_text(".started\n")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
-    return git_repo(repo)
+    return git_commit_all(repo)
 
 
 def test_a_transient_failure_is_retried(tmp_path):

@@ -21,7 +21,7 @@ import prefect_server
 import pytest
 import yaml
 
-from conftest import ROOT, copy_repo, sentences, write_tsv
+from conftest import ROOT, copy_repo, git_commit_all, sentences, write_tsv
 from pipelines.flows import pipeline
 from pipelines.processes import RECORDS, reap_orphans, started
 
@@ -32,16 +32,6 @@ FINAL = "Data and pipelines are up to date."
 @pytest.fixture(scope="module", autouse=True)
 def prefect_api(request) -> str:
     return prefect_server.api_url(request.config)
-
-
-def commit_all(repo: Path) -> Path:
-    for cmd in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
-    ):
-        subprocess.run(cmd, cwd=repo, check=True)
-    return repo
 
 
 def set_params(repo: Path, **sections: dict) -> None:
@@ -97,7 +87,7 @@ def workspace(tmp_path_factory, tiny_model_dir) -> Path:
             "speed_repeats": 1,
         },
     )
-    return commit_all(repo)
+    return git_commit_all(repo)
 
 
 def flow_env() -> dict:
@@ -355,7 +345,7 @@ def scratch(tmp_path: Path) -> Path:
     (repo / ".gitignore").write_text(".started\n")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
-    return commit_all(repo)
+    return git_commit_all(repo)
 
 
 def mlflow_status(run_id: str) -> str:

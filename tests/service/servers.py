@@ -115,3 +115,10 @@ def until(probe, timeout: float = 10):
         assert time.monotonic() < deadline, f"not within {timeout} s"
         time.sleep(0.1)
     return answer
+
+
+def build(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`bentoml build --output tag` in `cwd` (its stdout names the Bento's tag as __tag__:NAME:VERSION)."""
+    return subprocess.run(
+        [BENTOML, "build", "--output", "tag"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )

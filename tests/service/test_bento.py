@@ -4,14 +4,13 @@ folder serves that copy with MLflow out of reach, and with the params.yaml it wa
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from service.conftest import NAME, SERVE, flipped
-from service.servers import BENTOML, classify, metadata, start, stop
+from service.servers import build, classify, metadata, start, stop
 
 TEXTS = ["the film was good", "a dull , lifeless plot", "truly wonderful acting"]
 
@@ -22,14 +21,7 @@ def bento(models, service_repo, server_env) -> dict:
     from textops import registry
 
     version = registry.version_of(NAME, "champion")
-    run = subprocess.run(
-        [BENTOML, "build", "--output", "tag"],
-        cwd=service_repo,
-        env=server_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = build(service_repo, server_env)
     assert run.returncode == 0, run.stdout + run.stderr
     tag = re.search(r"__tag__:(\S+)", run.stdout).group(1)
     name, _, bento_version = tag.partition(":")

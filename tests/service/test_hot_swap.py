@@ -178,3 +178,19 @@ def test_registry_outage_keeps_serving_then_the_alias_is_followed_again(on_v1, s
     set_champion("2")  # the store is back: the next poll must see the move
     assert wait_for_version(url, "2", timeout=SWITCH_BOUND_S + 10) <= SWITCH_BOUND_S
     settle(url, "2", expected, timeout=SWITCH_BOUND_S + 5)
+
+
+def test_a_champion_moved_by_hand_is_followed_and_logged_by_the_service(on_v1, expected):
+    """As in the MLflow UI: the alias set through the raw client. The service follows it and, having no registry
+    operation to wait for, writes the manual move into the audit log itself (textops.registry.reconcile)."""
+    from textops import registry
+
+    url = on_v1.url
+    registry.client().set_registered_model_alias(NAME, registry.CHAMPION, "2")
+    assert wait_for_version(url, "2", timeout=SWITCH_BOUND_S + 10) <= SWITCH_BOUND_S
+    deadline = time.monotonic() + 10
+    while not (manual := [e for e in registry.audit_log(NAME) if e["evidence"].get("manual")]):
+        assert time.monotonic() < deadline, f"no manual move in the audit log; server log:\n{on_v1.output()[-3000:]}"
+        time.sleep(0.2)
+    assert (manual[-1]["alias"], manual[-1]["from"], manual[-1]["to"]) == ("champion", "1", "2")
+    assert registry.version_of(NAME, registry.PREVIOUS) == "1"  # so rollback returns to the replaced version

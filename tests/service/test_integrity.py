@@ -6,12 +6,10 @@ folder the registry hands out for it, as a corrupted or tampered artifact store 
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from service.conftest import NAME, PROBE, SERVE, all_workers, copied_version, flipped, positive, set_champion
-from service.servers import BENTOML, classify, probabilities
+from service.servers import build, classify, probabilities
 
 
 @pytest.fixture
@@ -45,14 +43,7 @@ def test_bentoml_build_refuses_to_bundle_a_version_whose_bytes_differ(models, se
     with flipped(package / "model.onnx") as (good, bad):
         set_champion(version)
         try:
-            run = subprocess.run(
-                [BENTOML, "build", "--output", "tag"],
-                cwd=service_repo,
-                env=server_env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
+            run = build(service_repo, server_env)
         finally:
             set_champion("1")
     output = run.stdout + run.stderr
