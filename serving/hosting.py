@@ -153,6 +153,7 @@ class Hosted:
         if self.mode == "bento":
             self._start_bento()
         else:
+            models.bound_registry_calls(poll_interval_s)
             self.state = State.of(self.ref.name)
             self._start_registry()
         # Everything loaded so far (transformers, onnxruntime, mlflow: millions of objects) is long-lived:

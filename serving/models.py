@@ -12,6 +12,7 @@ itself and follows the alias (registry mode, serving/hosting.py).
 
 from __future__ import annotations
 
+import os
 import shutil
 import typing as t
 from collections.abc import Iterator
@@ -85,6 +86,15 @@ def describe(name: str, alias: str, version: str) -> tuple[dict[str, t.Any], dic
     return metadata, integrity.expected(tags)
 
 
+def bound_registry_calls(poll_interval_s: float) -> None:
+    """MLflow's HTTP client retries a failed call 7 times with exponential back-off, about two minutes against a
+    tracking server that is down, before it raises. The service asks again at every poll anyway, so its calls
+    give up after one retry and a timeout of `poll_interval_s` (at least 5 s): a start with the registry down
+    degrades in seconds instead of leaving /readyz unanswered for minutes. Values set in the environment win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(5, round(poll_interval_s))))
+
+
 def champion_version(name: str, alias: str) -> str:
     from textops import registry
     from textops.tracking import connect
@@ -110,16 +120,11 @@ def champion_version(name: str, alias: str) -> str:
 @contextmanager
 def registry_package(name: str, alias: str, version: str) -> Iterator[Source]:
     """Version `version` of `name`, fetched and verified by `textops.registry.fetch_package` (IntegrityError when a
-    file differs from its sha256 tag), under a file lock until the caller has copied it: the download folder is
-    shared by every process on the machine (both workers fetch a new version at the same poll), and a download
-    rewrites it in place, so a reader beside a writer could see half a file."""
-    from filelock import FileLock
-
+    file differs from its sha256 tag), under the download folder's lock until the caller has copied it: that
+    folder is shared by every process on the machine (both workers fetch a new version at the same poll)."""
     from textops import registry
 
-    cache = registry.package_cache(name, version)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(cache.parent / f".{version}.lock")):
+    with registry.package_lock(name, version):
         path = registry.fetch_package(name, version)
         metadata, digests = describe(name, alias, version)
         yield Source(path, {**metadata, "source": "registry"}, digests)

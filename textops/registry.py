@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from textops import integrity
+from textops.atomic import atomic_dir
 from textops.cli import sha256
 from textops.errors import PipelineError
 
@@ -222,32 +223,63 @@ def move(name: str, alias: str, new: str | None, reason: str, evidence: dict | N
 
 
 def package_cache(name: str, version: str) -> Path:
-    """Where a version's files are downloaded: one folder per version, so a remote store is fetched once."""
+    """Where a version's files are downloaded: one folder per registry and version, so a remote store is fetched
+    once, and two stores' "version 1" of one name never share a folder."""
+    import hashlib
     import tempfile
 
-    return (
-        Path(os.environ.get("TEXTOPS_REGISTRY_CACHE", Path(tempfile.gettempdir()) / "textops-registry"))
-        / name
-        / str(version)
-    )
+    import mlflow
+
+    store = hashlib.sha256(mlflow.get_registry_uri().encode()).hexdigest()[:12]
+    base = Path(os.environ.get("TEXTOPS_REGISTRY_CACHE", Path(tempfile.gettempdir()) / "textops-registry"))
+    return base / store / name / str(version)
+
+
+def package_lock(name: str, version: str):
+    """The machine-wide lock on a version's download folder: held while it is fetched, and by a reader that
+    copies it (serving/models.py). One object per path in a process (is_singleton), so holding it across a call
+    to fetch_package does not deadlock."""
+    from filelock import FileLock
+
+    cache = package_cache(name, version)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(cache.parent / f".{cache.name}.lock"), is_singleton=True)
 
 
 def fetch_package(name: str, version: str) -> Path:
     """The package folder of `name` version `version` (INT8 ONNX, tokenizer, labels), downloaded when the store
     is remote, and checked file by file against the sha256 tags written at registration (IntegrityError
-    otherwise). Nothing is unpickled: the folder holds data files only, and callers load them directly."""
+    otherwise). Nothing is unpickled: the folder holds data files only, and callers load them directly.
+
+    A download already in the cache that still matches the tags is used as it is; otherwise the version is
+    downloaded into a temporary folder, checked there, and only then renamed into place (textops.atomic), so a
+    failed or killed download never replaces a good copy."""
     import mlflow
 
     tags = require_version(name, version).tags
     cache = package_cache(name, version)
-    cache.mkdir(parents=True, exist_ok=True)
-    # MLflow copies the whole logged model into dst_path, even from a local store; what is checked is the copy.
-    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(cache)))
-    package = root / "artifacts" / "package"
-    if not (package / "model.onnx").is_file():
-        raise RegistryError(f"'{name}' version {version} holds no artifacts/package/model.onnx (under {root})")
-    integrity.verify(package, tags, f"'{name}' version {version}")
-    return package
+    with package_lock(name, version):
+        if (cached := cached_package(cache)) is not None:
+            try:
+                integrity.verify(cached, tags, f"'{name}' version {version}")
+                return cached
+            except integrity.IntegrityError:
+                pass  # a copy from before the tags changed, or damaged on disk: fetched again below
+        with atomic_dir(cache) as tmp:
+            # MLflow copies the whole logged model into dst_path, even from a local store; what is checked is
+            # the copy.
+            uri = f"models:/{name}/{version}"
+            root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))).resolve()
+            if root != tmp.resolve() or cached_package(tmp) is None:
+                raise RegistryError(f"'{name}' version {version} holds no artifacts/package/model.onnx (in {root})")
+            integrity.verify(cached_package(tmp), tags, f"'{name}' version {version}")
+        return cached_package(cache)
+
+
+def cached_package(folder: Path) -> Path | None:
+    """The package folder inside a downloaded version (the logged model's artifacts), if it holds a model."""
+    package = folder / "artifacts" / "package"
+    return package if (package / "model.onnx").is_file() else None
 
 
 # ---------------------------------------------------------------- registration

@@ -1,8 +1,10 @@
 """Soak test: the Bento service held at 80 % of its measured throughput for ten minutes, watched minute by minute.
 
   probe    --concurrency clients in a closed loop for --probe-seconds (after a 5 s warm-up): the max throughput
-  hold     requests at --load (0.8) times that rate, sent on a fixed schedule for --seconds (600); latency counts
-           from the scheduled send time, so a stalling server is not hidden
+  hold     requests at --load (0.8) times that rate, sent on a fixed schedule for --seconds (600) over at most
+           --connections (the probe's --concurrency) connections, as a proxy's connection pool in front of the
+           service would; a request waits for a free connection, and its latency counts from its scheduled send
+           time, so a stalling server is not hidden
 and prints, per --every seconds (60): requests answered, errors, p50/p99 latency, and the service processes' (the
 `bentoml serve` arbiter and its workers) summed RSS and open file descriptors. RSS and descriptors are also taken
 with the service idle, before the hold and after it (KEEPALIVE_S after the clients' connections closed, so
@@ -79,10 +81,16 @@ async def send(s, url: str, body: dict, due: float, windows: Windows) -> None:
         windows.current.error(type(error).__name__)
 
 
-async def hold(url: str, bodies: list[dict], rate: float, seconds: float, every: float, server) -> list[dict]:
-    """Requests at `rate`/s on a fixed schedule for `seconds`; a row per `every` seconds, printed as it closes."""
+async def hold(
+    url: str, bodies: list[dict], rate: float, seconds: float, every: float, server, connections: int
+) -> list[dict]:
+    """Requests at `rate`/s on a fixed schedule for `seconds`; a row per `every` seconds, printed as it closes.
+
+    Over at most `connections` connections: with one per request in flight, a queue that builds on this 2-core
+    machine (client and server share it) opened hundreds of connections, whose handling took the CPU the
+    workers needed, and the queue grew for good (p50 13 -> 746 ms in 90 s at 80 %, fds 215 -> 587)."""
     windows, tasks = Windows(), set()
-    async with session(1024) as s:
+    async with session(connections) as s:
         began = time.perf_counter()
         report_at, i = began + every, 0
         while (due := began + i / rate) < began + seconds:
@@ -143,6 +151,7 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=60, help="seconds per reported window")
     parser.add_argument("--probe-seconds", type=float, default=20, help="closed-loop run that measures max throughput")
     parser.add_argument("--concurrency", type=int, default=32, help="clients of the probe")
+    parser.add_argument("--connections", type=int, help="connections of the hold (default: --concurrency)")
     parser.add_argument("--max-rss-growth", type=float, default=10.0, help="percent of idle RSS growth that fails")
     parser.add_argument("--bento", help="serve this built Bento (e.g. sentiment:latest) instead of registry mode")
     parser.add_argument("--out", type=Path, help="also write the report here (Markdown)")
@@ -167,7 +176,8 @@ def main() -> None:
         )
         time.sleep(KEEPALIVE_S)
         idle = {"before": usage(server)}
-        rows = asyncio.run(hold(url, bodies, rate, args.seconds, args.every, server))
+        connections = args.connections or args.concurrency
+        rows = asyncio.run(hold(url, bodies, rate, args.seconds, args.every, server, connections))
         time.sleep(KEEPALIVE_S)
         idle["after"] = usage(server)
     finally:
@@ -182,7 +192,8 @@ def main() -> None:
             f"Command: `python -m bench.serving.soak {' '.join(sys.argv[1:])}`",
             "",
             f"Probe: {probe['throughput']:.1f} req/s at {args.concurrency} clients; held {rate:.1f} req/s "
-            f"({args.load:.0%}) for {args.seconds:.0f} s, {len(texts)} texts one per request. Client and server "
+            f"({args.load:.0%}) for {args.seconds:.0f} s over at most {args.connections or args.concurrency} "
+            f"connections, {len(texts)} texts one per request. Client and server "
             f"share the machine's {os.cpu_count()} cores.",
             "",
             HEADER,

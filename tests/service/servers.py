@@ -18,6 +18,7 @@ import httpx
 from serving.processes import free_port, stop_process  # shared with bench/serving/
 
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 READY_TIMEOUT_S = 180
 
 
@@ -122,3 +123,25 @@ def build(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(
         [BENTOML, "build", "--output", "tag"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
+
+
+def mlflow_server(db: Path, port: int, log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """`mlflow server` on the SQLite store `db` at 127.0.0.1:`port`, returned once /health answers: one worker and
+    no job runner (STACK_NOTES.md: 8 s and 0.5 GB instead of 14 s and 2 GB). Stop it with stop_process."""
+    cmd = [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{db}", "--workers", "1"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            stop_process(proc)
+            raise TimeoutError(f"mlflow server did not answer /health within 60 s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)

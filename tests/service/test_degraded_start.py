@@ -7,11 +7,14 @@ Each server here has a BENTOML_HOME of its own, so its state folder (serving/sta
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
 from service.conftest import NAME, SERVE, all_workers, copied_version, flipped, set_champion
-from service.servers import classify, start, stop
+from service.servers import classify, mlflow_server, start, stop
+from serving.processes import free_port, stop_process
 
 FOLLOW_S = 3 * SERVE["poll_interval_s"] + 10  # a few polls, and a load, on a busy machine
 
@@ -71,6 +74,7 @@ def test_a_broken_champion_at_start_is_set_aside_across_restarts_until_the_alias
 def test_an_unreachable_registry_at_start_serves_the_last_verified_copy_until_it_returns(
     models, service_repo, env, store, tmp_path, champion_back
 ):
+    """The registry is a tracking server (as in team mode) that is down when the service starts, then comes up."""
     from serving import models as sources
     from serving.state import State
 
@@ -78,22 +82,25 @@ def test_an_unreachable_registry_at_start_serves_the_last_verified_copy_until_it
     # The last verified copy is v2's, made by the service's own code, as a run on v2 would have left it.
     state = State(tmp_path / "bentoml-home" / "textops" / NAME)
     state.mark_last(sources.fetch(NAME, "champion", "2", state))
-    away = store.with_name("mlflow.db.away")
-    store.rename(away)
-    store.mkdir()  # SQLite cannot open a folder: every registry call fails
+    port = free_port()  # nothing listens there yet
+    env = {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+    began = time.monotonic()
+    server = start([], service_repo, env, tmp_path / "offline.log")
+    registry = None
     try:
-        server = start([], service_repo, env, tmp_path / "offline.log")
+        ready_after = time.monotonic() - began
         meta = all_workers(server.url, lambda m: m["degraded"], answers=6)
         ready = readyz(server.url)
-    finally:
-        store.rmdir()
-        away.rename(store)
-    try:
         assert (meta["version"], meta["source"]) == ("2", "local copy")
-        assert "is unreachable" in meta["degraded_reason"]
+        assert "is unreachable" in meta["degraded_reason"] and f"127.0.0.1:{port}" in meta["degraded_reason"]
         assert ready["degraded"] and "is unreachable" in ready["reason"] and ready["source"] == "local copy"
-        # The registry is back: the champion (v1) is followed again.
+        # Ready in seconds: the service does not wait out MLflow's two minutes of retries (bound_registry_calls).
+        assert ready_after < 90, f"ready only after {ready_after:.0f} s"
+        # The registry comes up: the champion (v1) is followed again.
+        registry = mlflow_server(store, port, tmp_path / "mlflow-server.log", env)
         meta = all_workers(server.url, lambda m: m["version"] == "1" and not m["degraded"], timeout=FOLLOW_S)
         assert meta["source"] == "registry"
     finally:
         stop(server)
+        if registry is not None:
+            stop_process(registry)

@@ -116,7 +116,12 @@ def scores(classifier, texts) -> np.ndarray:
 
 def test_scores_are_a_property_of_the_model(models, tmp_path):
     """Model-randomisation sanity check: the same texts explained by the trained model and by the same network
-    with random weights get different scores; the same model twice gets the same ones."""
+    with random weights get different scores, and the trained model's signal does not survive the random
+    weights; the same model twice gets the same ones.
+
+    Not a correlation: this tiny model's representation is close to one-dimensional, so a random network here
+    maps every text to nearly one output (static INT8 activation scales clip it) and its scores are noise of
+    1e-4 or less, whose correlation with ours came out anywhere in [-0.95, 0.999] across seeds and CPUs."""
     trained = OnnxClassifier(models["1"], "model.onnx")
     again = OnnxClassifier(models["1"], "model.onnx")
     random = OnnxClassifier(randomised(models["1"], tmp_path), "model.onnx")
@@ -124,7 +129,7 @@ def test_scores_are_a_property_of_the_model(models, tmp_path):
     assert np.array_equal(ours, scores(again, TEXTS))
     theirs = scores(random, TEXTS)
     assert np.abs(ours - theirs).max() > 0.01, (ours, theirs)
-    assert np.corrcoef(ours, theirs)[0, 1] < 0.9
+    assert np.abs(theirs).max() < 0.5 * np.abs(ours).max(), (ours, theirs)
 
 
 def test_a_word_that_carries_the_label_scores_highest(models):
