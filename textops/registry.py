@@ -269,10 +269,10 @@ def fetch_package(name: str, version: str) -> Path:
             # MLflow copies the whole logged model into dst_path, even from a local store; what is checked is
             # the copy.
             uri = f"models:/{name}/{version}"
-            root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))).resolve()
-            if root != tmp.resolve() or cached_package(tmp) is None:
-                raise RegistryError(f"'{name}' version {version} holds no artifacts/package/model.onnx (in {root})")
-            integrity.verify(cached_package(tmp), tags, f"'{name}' version {version}")
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
+            if (package := cached_package(tmp)) is None:
+                raise RegistryError(f"'{name}' version {version} holds no artifacts/package/model.onnx")
+            integrity.verify(package, tags, f"'{name}' version {version}")
         return cached_package(cache)
 
 

@@ -156,6 +156,7 @@ def main() -> None:
     parser.add_argument("--bento", help="serve this built Bento (e.g. sentiment:latest) instead of registry mode")
     parser.add_argument("--out", type=Path, help="also write the report here (Markdown)")
     args = parser.parse_args()
+    args.connections = args.connections or args.concurrency
 
     texts = load_texts()
     bodies = [{"texts": t} for t in texts]
@@ -176,8 +177,7 @@ def main() -> None:
         )
         time.sleep(KEEPALIVE_S)
         idle = {"before": usage(server)}
-        connections = args.connections or args.concurrency
-        rows = asyncio.run(hold(url, bodies, rate, args.seconds, args.every, server, connections))
+        rows = asyncio.run(hold(url, bodies, rate, args.seconds, args.every, server, args.connections))
         time.sleep(KEEPALIVE_S)
         idle["after"] = usage(server)
     finally:
@@ -192,7 +192,7 @@ def main() -> None:
             f"Command: `python -m bench.serving.soak {' '.join(sys.argv[1:])}`",
             "",
             f"Probe: {probe['throughput']:.1f} req/s at {args.concurrency} clients; held {rate:.1f} req/s "
-            f"({args.load:.0%}) for {args.seconds:.0f} s over at most {args.connections or args.concurrency} "
+            f"({args.load:.0%}) for {args.seconds:.0f} s over at most {args.connections} "
             f"connections, {len(texts)} texts one per request. Client and server "
             f"share the machine's {os.cpu_count()} cores.",
             "",

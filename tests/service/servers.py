@@ -51,17 +51,18 @@ def start(
 
 
 def wait_ready(server: Server, timeout: float = READY_TIMEOUT_S, probe: str = "/readyz") -> None:
+    name = " ".join(Path(arg).name for arg in server.proc.args[:2])  # "bentoml serve", "mlflow server"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {server.proc.returncode}; its log:\n{server.output()}")
+            raise RuntimeError(f"{name} exited with {server.proc.returncode}; its log:\n{server.output()}")
         try:
             if httpx.get(f"{server.url}{probe}", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass  # not listening yet
         time.sleep(0.5)
-    raise TimeoutError(f"bentoml serve's {probe} did not answer 200 within {timeout} s; its log:\n{server.output()}")
+    raise TimeoutError(f"{name}'s {probe} did not answer 200 within {timeout} s; its log:\n{server.output()}")
 
 
 def stop(server: Server) -> None:
@@ -125,23 +126,23 @@ def build(cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
-def mlflow_server(db: Path, port: int, log: Path, env: dict[str, str]) -> subprocess.Popen:
+def mlflow_server(db: Path, port: int, log: Path, env: dict[str, str]) -> Server:
     """`mlflow server` on the SQLite store `db` at 127.0.0.1:`port`, returned once /health answers: one worker and
-    no job runner (STACK_NOTES.md: 8 s and 0.5 GB instead of 14 s and 2 GB). Stop it with stop_process."""
+    no job runner (STACK_NOTES.md: 8 s and 0.5 GB instead of 14 s and 2 GB). Stop it with stop()."""
     cmd = [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{db}", "--workers", "1"]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            stop_process(proc)
-            raise TimeoutError(f"mlflow server did not answer /health within 60 s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
+        proc = subprocess.Popen(
+            cmd,
+            env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        wait_ready(server, timeout=60, probe="/health")
+    except BaseException:
+        stop(server)
+        raise
+    return server

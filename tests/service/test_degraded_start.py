@@ -14,7 +14,7 @@ import pytest
 
 from service.conftest import NAME, SERVE, all_workers, copied_version, flipped, set_champion
 from service.servers import classify, mlflow_server, start, stop
-from serving.processes import free_port, stop_process
+from serving.processes import free_port
 
 FOLLOW_S = 3 * SERVE["poll_interval_s"] + 10  # a few polls, and a load, on a busy machine
 
@@ -103,4 +103,4 @@ def test_an_unreachable_registry_at_start_serves_the_last_verified_copy_until_it
     finally:
         stop(server)
         if registry is not None:
-            stop_process(registry)
+            stop(registry)
