@@ -32,8 +32,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from serving import batching, exposure
-from serving.hosting import Hosted, metadata_response
+from serving import batching, exposure, webhooks
+from serving.hosting import Hosted, metadata_response, registry_event
 from serving.limits import quiet_client_errors
 from serving.models import RegistryModel, Source
 from textops import explain as explaining
@@ -159,7 +159,11 @@ async def explain_view(request: Request) -> HTMLResponse:
     return HTMLResponse(explaining.html(result, text))
 
 
-ROUTES = [Route("/metadata", metadata, methods=["GET"]), Route("/explain/view", explain_view, methods=["GET"])]
+ROUTES = [
+    Route("/metadata", metadata, methods=["GET"]),
+    Route("/explain/view", explain_view, methods=["GET"]),
+    Route(webhooks.PATH, registry_event, methods=["POST"]),
+]
 
 
 @bentoml.asgi_app(Starlette(routes=ROUTES), path="/")
@@ -168,7 +172,7 @@ class Sentiment(Hosted):
     model_ref = RegistryModel(PARAMS.sentiment.package.model_name, SERVE.alias)
 
     def __init__(self) -> None:
-        self.host(load, SERVE.poll_interval_s, log)
+        self.host(load, SERVE, log)
 
     @bentoml.on_deployment
     def check_token() -> None:  # in `bentoml serve`'s own process, before any worker: a missing token stops it

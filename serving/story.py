@@ -36,9 +36,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serving import exposure
+from serving import exposure, webhooks
 from serving.bentoml_private import IORootModel  # the base of BentoML's plain-value outputs
-from serving.hosting import Hosted, metadata_response
+from serving.hosting import Hosted, metadata_response, registry_event
 from serving.limits import quiet_client_errors
 from serving.models import RegistryModel, Source
 from textops.params import GenerationParams, load_params
@@ -202,14 +202,17 @@ async def metadata(request: Request) -> JSONResponse:
     )
 
 
-@bentoml.asgi_app(Starlette(routes=[Route("/metadata", metadata, methods=["GET"])]), path="/")
+ROUTES = [Route("/metadata", metadata, methods=["GET"]), Route(webhooks.PATH, registry_event, methods=["POST"])]
+
+
+@bentoml.asgi_app(Starlette(routes=ROUTES), path="/")
 @bentoml.service(**exposure.service_config("story", SERVE, 120))
 class StoryGenerator(Hosted):
     model_ref = RegistryModel(PARAMS.story.package.model_name, SERVE.alias)
 
     def __init__(self) -> None:
         self._steps: anyio.CapacityLimiter | None = None
-        self.host(load, SERVE.poll_interval_s, log)
+        self.host(load, SERVE, log)
 
     @bentoml.on_deployment
     def check_token() -> None:  # in `bentoml serve`'s own process, before any worker: a missing token stops it

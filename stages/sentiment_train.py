@@ -8,6 +8,8 @@ Out: --out (safetensors model, tokenizer, labels.json; always a plain model: sen
      per-step curves, tags) and records its id in --out/mlflow_run.json.
      --metrics: the report's headline numbers (dvc metrics show).
 Params: sentiment.seed, sentiment.labels, sentiment.model.*, sentiment.train.* (sentiment.train.method full or lora, sentiment.train.lora).
+     sentiment.train.processes over 1: the stage re-launches itself under torchrun and trains with DDP
+     (textops/distributed.py); rank 0 alone writes the outputs and the MLflow run.
 Run: python -m stages.sentiment_train --tokenized ... --out ... --checkpoints ... --curve ... --metrics ... --report-file ...
 """
 
@@ -15,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textops import cli
 from textops.params import Params, flatten
 from textops.sentiment.training import curves, train
+from textops.training import main as train_main
 from textops.training import record_training, start_run
 
 # What `dvc metrics show` gets from the report (key names shared by both train stages).
@@ -52,13 +54,7 @@ def run(
 
 
 def main(argv=None) -> int:
-    return cli.main(
-        "sentiment_train",
-        __doc__,
-        ["tokenized", "prepare-report", "out", "checkpoints", "curve", "metrics", "report-file"],
-        run,
-        argv,
-    )
+    return train_main("sentiment", __doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ Out: --out (a plain GPT2LMHeadModel in safetensors, n_positions = story.model.co
      Opens the model's MLflow run and records its id in --out/mlflow_run.json.
      --metrics: the report's headline numbers (dvc metrics show).
 Params: story.seed, story.model.*, story.train.*, story.tracking.*.
+     story.train.processes over 1: the stage re-launches itself under torchrun and trains with DDP
+     (textops/distributed.py); rank 0 alone writes the outputs and the MLflow run.
 Run: python -m stages.story_train --tokenized ... --prepare-report ... --out ... --checkpoints ... --curve ... --metrics ... --report-file ...
 """
 
@@ -15,10 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textops import cli
 from textops.params import Params, flatten
 from textops.story.lm import passive_thread_wait
 from textops.story.training import curves, train
+from textops.training import main as train_main
 from textops.training import record_training, start_run
 
 # What `dvc metrics show` gets from the report (key names shared by both train stages).
@@ -56,13 +58,7 @@ def run(
 
 def main(argv=None) -> int:
     passive_thread_wait()
-    return cli.main(
-        "story_train",
-        __doc__,
-        ["tokenized", "prepare-report", "out", "checkpoints", "curve", "metrics", "report-file"],
-        run,
-        argv,
-    )
+    return train_main("story", __doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -82,8 +82,10 @@ class TrainParams(Section):
     method: Literal["full", "lora"]
     lora: LoraParams
     epochs: float = Field(gt=0)
-    batch_size: int = Field(ge=1)
-    eval_batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1)  # global: split evenly over the processes
+    eval_batch_size: int = Field(ge=1)  # per process
+    # Processes on this machine; over 1, the stage re-launches itself under torchrun (textops.distributed).
+    processes: int = Field(ge=1)
     learning_rate: float = Field(gt=0, lt=1)
     # The task head's (classifier, and the pooler that feeds only it); None: learning_rate.
     head_learning_rate: float | None = Field(gt=0, lt=1)
@@ -166,10 +168,21 @@ class ExposureParams(Section):
         return value
 
 
-class ServeParams(ExposureParams):
-    """The BentoML service (serving/): which alias it serves, batching, and limits on what a request may hold."""
+class FollowParams(ExposureParams):
+    """How both services follow their alias in registry mode (serving/hosting.py): polling, and pushed by an MLflow
+    server's webhook when the URL it should call is set (docs/team.md)."""
 
     alias: str  # the registry alias `bentoml build` bundles and registry mode follows
+    poll_interval_s: float = Field(gt=0)  # registry mode: how often the alias is checked
+    # Env variables with the URL the MLflow server calls on an alias move (this service's /registry_events) and
+    # the webhook's HMAC secret; the URL unset or empty: polling only.
+    webhook_url_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    webhook_secret_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ServeParams(FollowParams):
+    """The BentoML service (serving/): which alias it serves, batching, and limits on what a request may hold."""
+
     max_batch_size: int = Field(ge=1, le=4096)  # texts per model call, across requests
     # The dispatcher answers 503 to requests it expects to finish later than this (STACK_NOTES: 20 ms shed load).
     max_latency_ms: int = Field(ge=10)
@@ -181,7 +194,6 @@ class ServeParams(ExposureParams):
     workers: int = Field(ge=1)  # service processes, each with its own batcher and ONNX session
     onnx_threads: int = Field(ge=0)  # intra-op threads per worker; 0: all cores
     inference_batch_size: int = Field(ge=1)  # texts per ONNX call within a gathered batch (length-sorted)
-    poll_interval_s: float = Field(gt=0)  # registry mode: how often the alias is checked
     access_log: bool  # BentoML's per-request log line: ~2 ms of CPU per request here
     explain_max_items: int = Field(ge=1)  # texts in one /explain request
     explain_max_words: int = Field(ge=1)  # words per /explain text: it costs one model call per word
@@ -271,8 +283,9 @@ class StoryTrainParams(Section):
     lora: LoraParams
     epochs: float = Field(gt=0)
     max_steps: int | None = Field(ge=1)  # set: train exactly this many steps (nanoGPT's iterations)
-    batch_size: int = Field(ge=1)
-    eval_batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1)  # global: split evenly over the processes
+    eval_batch_size: int = Field(ge=1)  # per process
+    processes: int = Field(ge=1)  # on this machine; over 1: torchrun (textops.distributed)
     learning_rate: float = Field(gt=0, lt=1)
     min_learning_rate: float = Field(ge=0, lt=1)  # cosine decay ends here
     warmup_steps: int = Field(ge=0)
@@ -312,14 +325,12 @@ class StoryPromoteParams(Section):
     max_size_mb: float = Field(gt=0)
 
 
-class StoryServeParams(ExposureParams):
-    alias: str
+class StoryServeParams(FollowParams):
     max_prompt_chars: int = Field(ge=1)
     max_new_tokens: int = Field(ge=1)  # the largest a request may ask for
     max_body_bytes: int = Field(ge=1024)
     workers: int = Field(ge=1)
     onnx_threads: int = Field(ge=0)
-    poll_interval_s: float = Field(gt=0)
     defaults: GenerationParams
     default_max_new_tokens: int = Field(ge=1)
 

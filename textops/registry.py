@@ -12,6 +12,7 @@ gate scores accuracy, higher wins; the story gate perplexity, lower wins).
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -86,7 +87,7 @@ def record(
 
 @contextmanager
 def promotion_lock(name: str, timeout: float = 120.0):
-    """One alias change at a time. A file lock beside a local store; on a server, a lock tag."""
+    """One alias change at a time: a file lock beside a local store; on a server, server_lock."""
     from filelock import FileLock, Timeout
 
     import mlflow
@@ -100,23 +101,46 @@ def promotion_lock(name: str, timeout: float = 120.0):
         except Timeout:
             raise RegistryError(f"another promotion of '{name}' held the lock for {timeout:.0f} s; try again") from None
         return
-    # Remote server: best effort (MLflow has no compare-and-set); the token read back detects a race.
-    token = f"{who()}:{os.getpid()}:{time.time()}"
+    with server_lock(name, timeout):
+        yield
+
+
+LOCK_SUFFIX = ".promotion-lock"  # the lock's registered model on a server: `<name>.promotion-lock`
+LOCK_LEASE_S = 600.0  # a lock older than this is taken as its holder's death (a promotion takes seconds)
+
+
+@contextmanager
+def server_lock(name: str, timeout: float):
+    """A tracking server has no lock API, but creating a registered model is atomic (the database's unique name):
+    holding the lock is having created `<name>.promotion-lock`, releasing it is deleting it. Its description
+    says who holds it; a lock past LOCK_LEASE_S (its holder died) is broken by the next waiter."""
+    from mlflow.exceptions import MlflowException
+
+    lock = f"{name}{LOCK_SUFFIX}"
+    holder = f"{who()} pid {os.getpid()} since {datetime.now(UTC).isoformat(timespec='seconds')}"
     deadline = time.monotonic() + timeout
     while True:
-        held = client().get_registered_model(name).tags.get("promotion_lock")
-        if not held or float(held.rsplit(":", 1)[-1]) < time.time() - 600:
-            client().set_registered_model_tag(name, "promotion_lock", token)
-            time.sleep(0.5)
-            if client().get_registered_model(name).tags.get("promotion_lock") == token:
-                break
+        try:
+            client().create_registered_model(lock, description=holder)
+            break
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        try:
+            held = client().get_registered_model(lock)
+        except MlflowException:
+            continue  # released meanwhile: try again at once
+        if held.creation_timestamp / 1000 < time.time() - LOCK_LEASE_S:
+            with contextlib.suppress(MlflowException):  # another waiter broke it first
+                client().delete_registered_model(lock)
+            continue
         if time.monotonic() > deadline:
-            raise RegistryError(f"another promotion of '{name}' holds the lock ({held}); try again")
-        time.sleep(1.0)
+            raise RegistryError(f"another promotion of '{name}' holds the lock ({held.description}); try again")
+        time.sleep(0.2)
     try:
         yield
     finally:
-        client().delete_registered_model_tag(name, "promotion_lock")
+        client().delete_registered_model(lock)
 
 
 # ---------------------------------------------------------------- aliases
@@ -174,7 +198,12 @@ def _exists(name: str, version: str | None) -> bool:
 
 
 def notice_hand_moves(name: str, timeout: float = 120.0) -> list[dict]:
-    """reconcile() under the lock: for callers outside a registry operation (the service, status)."""
+    """reconcile() under the lock: for callers outside a registry operation (the service, status). The lock is
+    taken only when an alias differs from the log: each worker of a service checks after every swap, and on a
+    server the lock is a few round trips that a promotion in progress would make them wait for."""
+    log = audit_log(name)
+    if all(logged(name, alias, log) == live(name, alias) for alias in (CHALLENGER, PREVIOUS, CHAMPION)):
+        return []
     with promotion_lock(name, timeout):
         return reconcile(name)
 

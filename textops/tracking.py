@@ -8,6 +8,7 @@ evaluate, quantize and package reopen that run, so a stage DVC skips logs nothin
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -48,19 +49,27 @@ def connect() -> str:
 
 def configure(experiment: str) -> str:
     """Point MLflow at the store and make sure the experiment exists; returns the URI."""
+    from filelock import FileLock
+
     import mlflow
 
     uri = connect()
+    setup = contextlib.nullcontext()
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        # Two first stages at once (queued experiments on a new workspace) would both create the schema
+        # ("duplicate column name") and the experiment: one at a time, and the second finds both made.
+        setup = FileLock(str(db.with_suffix(".setup.lock")))
     try:
-        if mlflow.get_experiment_by_name(experiment) is None:
-            location = None
-            if uri.startswith("sqlite:///"):
-                # Without this, artifacts land in <cwd when the database was made>/mlruns.
-                location = (Path(uri.removeprefix("sqlite:///")).parent.parent / "artifacts").resolve().as_uri()
-            mlflow.create_experiment(experiment, artifact_location=location)
-        mlflow.set_experiment(experiment)
+        with setup:
+            if mlflow.get_experiment_by_name(experiment) is None:
+                location = None
+                if uri.startswith("sqlite:///"):
+                    # Without this, artifacts land in <cwd when the database was made>/mlruns.
+                    location = (Path(uri.removeprefix("sqlite:///")).parent.parent / "artifacts").resolve().as_uri()
+                mlflow.create_experiment(experiment, artifact_location=location)
+            mlflow.set_experiment(experiment)
     except Exception as error:  # connection errors come as several types (requests, MlflowException)
         raise PipelineError(
             f"MLflow tracking store {uri} is unreachable or refused the request "

@@ -1,4 +1,5 @@
-"""One real `prefect server start` per test run, shared by the tests/pipelines modules.
+"""One real `prefect server start` per test run (the run's stack, tests/stack.py), shared by the modules that
+need it.
 
 Not a session fixture in tests/pipelines/conftest.py: conftest.py files outside packages are all imported as
 the module `conftest`, so a second one hides tests/conftest.py from the `from conftest import ...` of every
@@ -10,67 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from contextlib import ExitStack
-from pathlib import Path
 
-import httpx
 import pytest
 
+import team_stack
+
 _url: str | None = None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """The server and everything it started (its own process group)."""
-    for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait_s)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _start(home: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(
-        PREFECT_HOME=str(home),  # its own SQLite database, deleted with the folder
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",  # it looks up an outside host otherwise (STACK_NOTES)
-        PREFECT_UI_ENABLED="false",
-        DO_NOT_TRACK="1",
-    )
-    log = open(home / "server.log", "wb")  # noqa: SIM115 - the server writes to it until it stops
-    cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"prefect server exited ({proc.returncode}):\n{(home / 'server.log').read_text()[-3000:]}"
-            )
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    _stop(proc)
-    raise RuntimeError(f"prefect server not healthy after 120 s:\n{(home / 'server.log').read_text()[-3000:]}")
 
 
 def _drain() -> None:
@@ -104,10 +51,8 @@ def api_url(config: pytest.Config) -> str:
     if _url is None:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
+        url = team_stack.up(config, "prefect")["PREFECT_API_URL"]
         stack = ExitStack()
-        home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="prefect-server-")))
-        proc, url = _start(home)
-        stack.callback(_stop, proc)
         stack.enter_context(temporary_settings(updates={PREFECT_API_URL: url}))
         stack.callback(_set_env, os.environ.get("PREFECT_API_URL"))
         _set_env(url)  # flows run in child processes talk to it too

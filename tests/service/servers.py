@@ -33,11 +33,18 @@ class Server:
 
 
 def start(
-    args: list[str], cwd: Path, env: dict[str, str], log: Path, host: str | None = "127.0.0.1", probe: str = "/readyz"
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    log: Path,
+    host: str | None = "127.0.0.1",
+    probe: str = "/readyz",
+    port: int | None = None,
 ) -> Server:
     """`bentoml serve ARGS` in `cwd`, returned once `probe` answers 200 (else stopped, with its log in the error).
-    `host` None: no --host, so the service's own bind address applies (it must be loopback for the tests)."""
-    port = free_port()
+    `host` None: no --host, so the service's own bind address applies (it must be loopback for the tests).
+    `port` None: a free one."""
+    port = port or free_port()
     cmd = [BENTOML, "serve", *args, *(["--host", host] if host else []), "--port", str(port)]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

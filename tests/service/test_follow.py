@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from serving import hosting, models
 from serving.models import Source
 from serving.state import State
+from serving.webhooks import Wake
 from textops.integrity import IntegrityError
 
 
@@ -124,3 +126,41 @@ def test_a_version_set_aside_stays_aside_across_restarts_until_the_alias_moves(m
     assert run_follow(monkeypatch, restarted, lambda s: None, polls=4, state=State(tmp_path)) == ["3", "2"]
     assert restarted.fetched == ["3", "2"]
     assert State(tmp_path).aside() is None
+
+
+def test_a_pushed_event_wakes_the_poll_of_every_worker(monkeypatch, tmp_path):
+    """A webhook event lands on one worker (serving/webhooks.py): it signals through the shared state folder, and
+    every worker's follow loop polls at once instead of after its interval."""
+    monkeypatch.setattr(models, "champion_version", lambda name, alias: "2")
+    monkeypatch.setattr(models, "fetch", lambda name, alias, version, state: Source(tmp_path, {"version": version}))
+    monkeypatch.setattr(hosting, "record_hand_moves", lambda name, log: None)
+    workers = [Host(lambda s: None) for _ in range(2)]
+    stop = threading.Event()
+    threads = [
+        threading.Thread(
+            target=hosting.follow,
+            args=(
+                "m",
+                "champion",
+                3600.0,
+                stop,
+                host,
+                State(tmp_path),
+                logging.getLogger("test"),
+                Wake(tmp_path / "w"),
+            ),
+        )
+        for host in workers
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    assert [host.swapped for host in workers] == [[], []]  # an hour's interval: no poll yet
+    Wake(tmp_path / "w").signal()  # what /registry_events does in the worker that got the event
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and [host.swapped for host in workers] != [["2"], ["2"]]:
+        time.sleep(0.05)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=5)
+    assert [host.swapped for host in workers] == [["2"], ["2"]]

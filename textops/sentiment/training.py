@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from textops import cli, lora
+from textops import distributed, lora
 from textops.modeling import device_precision, load_classifier, load_tokenizer
 from textops.params import Params
-from textops.training import last_checkpoint
+from textops.training import resume_from, save_model
 
 log = logging.getLogger("textops.train")
 
@@ -114,13 +114,39 @@ def head_names(model) -> set[str]:
     return {n for n, p in model.named_parameters() if id(p) in ids}
 
 
+def length_grouped_sampler(dataset, batch_size: int, seed: int):
+    """transformers' LengthGroupedSampler (shuffle, then sort by length within mega-batches of `batch_size`
+    multiples), drawing each epoch's shuffle from (seed, epoch) alone. The Trainer's draws from the global RNG,
+    which dropout advances by a different amount in each DDP process (their batches pad to different
+    lengths): from the second epoch the processes shard different orders, some rows twice, others never
+    (measured). Cut at the global batch, the order is also the same on any process count, and a resumed
+    epoch shuffles as the interrupted one did."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochSeeded(LengthGroupedSampler):
+        def set_epoch(self, epoch: int) -> None:  # the Trainer's dataloader calls it before each epoch
+            self.generator.manual_seed(seed + epoch)
+
+    return EpochSeeded(batch_size, dataset=dataset, generator=torch.Generator().manual_seed(seed))
+
+
 def make_trainer(head_learning_rate: float | None, **kwargs):
     """The Trainer; with a head learning rate, its AdamW gets body and head groups (the schedule's
     warmup and decay apply to both): a freshly initialised head can take a higher rate than the
-    pretrained body. What it measured on SST-2: params.yaml, sentiment.train.head_learning_rate."""
+    pretrained body. What it measured on SST-2: params.yaml, sentiment.train.head_learning_rate.
+    Length-grouped batches come from length_grouped_sampler."""
     from transformers import Trainer
 
     class HeadRateTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            if not self.args.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            a = self.args
+            global_batch = a.per_device_train_batch_size * a.gradient_accumulation_steps * a.world_size
+            return length_grouped_sampler(dataset, global_batch, a.data_seed)
+
         def create_optimizer(self):
             if self.optimizer is None and head_learning_rate is not None:
                 optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
@@ -147,6 +173,7 @@ def build_model(params: Params):
 
 
 def training_args(params: Params, checkpoints: Path, precision: str):
+    import torch
     from transformers import TrainingArguments
 
     t = params.sentiment.train
@@ -155,8 +182,7 @@ def training_args(params: Params, checkpoints: Path, precision: str):
         seed=params.sentiment.seed,
         data_seed=params.sentiment.seed,
         num_train_epochs=t.epochs,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.eval_batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,  # per process: only memory depends on it
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
         warmup_ratio=t.warmup_ratio,
@@ -176,6 +202,7 @@ def training_args(params: Params, checkpoints: Path, precision: str):
         report_to=[],
         dataloader_num_workers=0,
         disable_tqdm=False,
+        **distributed.trainer_args(t.batch_size, "sentiment.train", torch.cuda.is_available()),
     )
 
 
@@ -194,7 +221,6 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path) -> dict
     counts = lora.parameter_counts(model)  # before the merge, which leaves nothing to count as trainable
     train_set = TokenDataset(pd.read_parquet(tokenized / "train.parquet"))
     eval_set = TokenDataset(pd.read_parquet(tokenized / "eval.parquet"))
-    resume = last_checkpoint(checkpoints, fingerprint(params, tokenized))
     trainer = make_trainer(
         params.sentiment.train.head_learning_rate,
         model=model,
@@ -205,6 +231,7 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path) -> dict
         processing_class=tokenizer,
         compute_metrics=accuracy,
     )
+    resume = resume_from(checkpoints, fingerprint(params, tokenized))
     start_step = int(resume.rsplit("-", 1)[-1]) if resume else 0
     log.info(
         "training %d rows on %s (%s)%s",
@@ -217,10 +244,7 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path) -> dict
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - started
     final = trainer.evaluate()
-    # LoRA: adapters folded into the base, so evaluate, quantize and package load a plain model.
-    lora.merge(trainer.model).save_pretrained(str(out))  # safetensors, config with id2label
-    tokenizer.save_pretrained(str(out))
-    cli.write_json(out / "labels.json", params.sentiment.labels)
+    save_model(trainer.model, tokenizer, out, {"labels.json": params.sentiment.labels})  # config has id2label
     steps_run = trainer.state.global_step - start_step
     samples = min(steps_run * params.sentiment.train.batch_size, len(train_set) * params.sentiment.train.epochs)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

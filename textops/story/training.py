@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from textops import lora
+from textops import distributed, lora
 from textops.errors import PipelineError
 from textops.modeling import device_precision
 from textops.params import Params
 from textops.story.lm import build_model, eval_blocks, perplexity_of
-from textops.training import last_checkpoint
+from textops.training import resume_from, save_model
 
 log = logging.getLogger("textops.story_train")
 # Training samples start at random offsets (nanoGPT's sampling) rather than at fixed block starts. On
@@ -118,6 +118,7 @@ def curves(log_history: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def training_args(params: Params, checkpoints: Path, precision: str):
+    import torch
     from transformers import TrainingArguments
 
     s, t = params.story, params.story.train
@@ -127,8 +128,7 @@ def training_args(params: Params, checkpoints: Path, precision: str):
         data_seed=s.seed,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.eval_batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,  # per process: only memory depends on it
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
         adam_beta1=0.9,
@@ -151,6 +151,7 @@ def training_args(params: Params, checkpoints: Path, precision: str):
         report_to=[],
         dataloader_num_workers=0,
         disable_tqdm=False,
+        **distributed.trainer_args(t.batch_size, "story.train", torch.cuda.is_available()),
     )
 
 
@@ -175,7 +176,6 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path, windows
     counts = lora.parameter_counts(model)  # before the merge, which leaves nothing to count as trainable
     train_set = Blocks(np.load(tokenized / "train.npy"), s.model.context, windows, s.seed)
     eval_set = EvalBlocks(np.load(tokenized / "eval.npy"), s.model.context)
-    resume = last_checkpoint(checkpoints, fingerprint(params, tokenized, windows))
     trainer = Trainer(
         model=model,
         args=training_args(params, checkpoints, precision),
@@ -184,6 +184,7 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path, windows
         data_collator=default_data_collator,
         callbacks=[epoch_setter(train_set)],
     )
+    resume = resume_from(checkpoints, fingerprint(params, tokenized, windows))
     start_step = int(resume.rsplit("-", 1)[-1]) if resume else 0
     log.info(
         "training %.2fM parameters (%d trainable) on %d tokens, %s windows of %d, %s (%s)%s",
@@ -200,10 +201,8 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path, windows
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - started
     final = trainer.evaluate()
-    # LoRA: adapters folded into the base, so evaluate, quantize and package load a plain GPT2LMHeadModel.
-    lora.merge(trainer.model).save_pretrained(str(out))
     tokenizer.model_max_length = s.model.context
-    tokenizer.save_pretrained(str(out))
+    save_model(trainer.model, tokenizer, out)  # LoRA: a plain GPT2LMHeadModel
     steps_run = trainer.state.global_step - start_step
     runtime = result.metrics["train_runtime"]
     samples_per_s = steps_run * s.train.batch_size / runtime if steps_run else None
