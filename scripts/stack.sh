@@ -23,6 +23,8 @@ bucket=${TEXTOPS_BUCKET:-textops}
 pool=${TEXTOPS_WORK_POOL:-textops}
 bin=$(dirname "$(command -v python)")  # the project's venv when activated; prefect, mlflow and moto_server live there
 all=(postgres s3 mlflow prefect worker)
+# Debian puts initdb and pg_ctl in PostgreSQL's own folder, not on PATH.
+for pg_bin in /usr/lib/postgresql/*/bin; do [ -d "$pg_bin" ] && PATH="$PATH:$pg_bin"; done
 
 # What a client needs (also written to $dir/env). The S3 keys are placeholders: moto accepts any, and with
 # AWS_ENDPOINT_URL set every S3 call goes to it, so real keys in the caller's shell are neither needed nor written.
