@@ -78,10 +78,15 @@ class LoraParams(Section):
     target_modules: list[str] | None
 
 
+# The Trainer's `optim`: torch's AdamW, or its fused kernel (one pass over the parameters, on CPU too).
+Optimizer = Literal["adamw_torch", "adamw_torch_fused"]
+
+
 class TrainParams(Section):
     method: Literal["full", "lora"]
     lora: LoraParams
     epochs: float = Field(gt=0)
+    optimizer: Optimizer
     batch_size: int = Field(ge=1)  # global: split evenly over the processes
     eval_batch_size: int = Field(ge=1)  # per process
     # Processes on this machine; over 1, the stage re-launches itself under torchrun (textops.distributed).
@@ -282,6 +287,7 @@ class StoryTrainParams(Section):
     method: Literal["full", "lora"]
     lora: LoraParams
     epochs: float = Field(gt=0)
+    optimizer: Optimizer
     max_steps: int | None = Field(ge=1)  # set: train exactly this many steps (nanoGPT's iterations)
     batch_size: int = Field(ge=1)  # global: split evenly over the processes
     eval_batch_size: int = Field(ge=1)  # per process

@@ -188,7 +188,7 @@ def training_args(params: Params, checkpoints: Path, precision: str):
         warmup_ratio=t.warmup_ratio,
         lr_scheduler_type="linear",
         max_grad_norm=t.max_grad_norm,
-        optim="adamw_torch",
+        optim=t.optimizer,
         group_by_length=t.group_by_length,
         bf16=precision == "bf16",
         fp16=precision == "fp16",

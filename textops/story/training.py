@@ -133,7 +133,7 @@ def training_args(params: Params, checkpoints: Path, precision: str):
         weight_decay=t.weight_decay,
         adam_beta1=0.9,
         adam_beta2=t.beta2,
-        optim="adamw_torch",
+        optim=t.optimizer,
         warmup_steps=t.warmup_steps,
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr": t.min_learning_rate},
