@@ -62,11 +62,6 @@ def postgres() -> dict[str, str | int]:
     return {"host": "127.0.0.1", "port": int(_settings["TEXTOPS_PG_PORT"]), "user": "mlflow", "dbname": "mlflow"}
 
 
-def folder() -> Path:
-    assert _settings is not None, "stack.up() first"
-    return Path(_settings["TEXTOPS_STACK_DIR"])
-
-
 def _destroy() -> None:
     global _settings
     try:
