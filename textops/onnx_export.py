@@ -6,17 +6,10 @@ import re
 from pathlib import Path
 
 from textops.atomic import atomic_dir
+from textops.modeling import cpu_flags  # noqa: F401  (the quantize stages and bench/ import it from here)
 
 MODEL_FILE = "model.onnx"  # what Optimum's exporter writes, and the packaged model's name
 INT8_FILE = "model_quantized.onnx"  # what ORTQuantizer writes
-
-
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith(("flags", "Features")) for flag in line.split()}
 
 
 def choose_config(requested: str, flags: set[str], machine: str) -> str:

@@ -162,6 +162,8 @@ def record_training(
     report = {**result["metrics"], **launch}
     cli.write_results(report_file, metrics, report, {key: report[key] for key in headline})
     tracker.log_params({f"launch.{key}": value for key, value in launch.items()})
+    # What `precision: auto` resolved to and the CPU flags it read: strings, which log_metrics below skips.
+    tracker.log_params({f"train.{key}": report[key] for key in ("precision", "cpu_bf16_flags")})
     tracker.log_curve(result["log_history"])
     tracker.log_metrics(numeric("train", report))
     tracker.finish()

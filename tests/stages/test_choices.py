@@ -1,37 +1,147 @@
-"""Pure choices: training precision per device, quantization preset per CPU, the INT8 gate, the latency turns."""
+"""Pure choices: training precision per device and CPU flags (and that bf16 on a CPU really trains under autocast),
+quantization preset per CPU, the INT8 gate, the latency turns."""
 
 from __future__ import annotations
 
 import itertools
+import logging
+import math
 
 import pytest
 
 from stages.sentiment_quantize import gate, latency_ms
+from textops import modeling
 from textops.errors import PipelineError
-from textops.modeling import choose_precision, resolve_model, torch_threads
+from textops.modeling import bf16_flags, choose_precision, precision_args, resolve_model, torch_threads
 from textops.onnx_export import choose_config
+
+# CPU flag sets as Linux's /proc/cpuinfo spells them (a few flags of each, not whole lines).
+NO_FLAGS: set[str] = set()  # macOS has no /proc/cpuinfo
+AVX2 = {"sse4_2", "avx", "avx2", "fma"}
+AVX512F = AVX2 | {"avx512f", "avx512bw", "avx512_vnni"}
+AVX512_BF16 = AVX512F | {"avx512_bf16"}  # Cooper Lake, Zen 4
+AMX_ONLY = AVX2 | {"amx_bf16", "amx_tile", "amx_int8"}
+BOTH = AVX512_BF16 | {"amx_bf16", "amx_tile", "amx_int8"}  # Sapphire Rapids and later
+ARM = {"fp", "asimd", "bf16"}  # ARM's bf16 is not counted (not measured)
+NATIVE_BF16 = [AVX512_BF16, AMX_ONLY, BOTH]
+NO_NATIVE_BF16 = [NO_FLAGS, AVX2, AVX512F, ARM]
+ALL_FLAG_SETS = NATIVE_BF16 + NO_NATIVE_BF16
 
 
 @pytest.mark.parametrize(
-    "requested,cuda,bf16,expected",
+    "flags,expected",
+    [(NO_FLAGS, "fp32"), (AVX2, "fp32"), (AVX512F, "fp32"), (ARM, "fp32")]
+    + [(AVX512_BF16, "bf16"), (AMX_ONLY, "bf16"), (BOTH, "bf16")],
+)
+def test_auto_precision_on_cpu_follows_its_bf16_flags(flags, expected):
+    assert choose_precision("auto", False, False, flags) == expected
+
+
+@pytest.mark.parametrize("flags", ALL_FLAG_SETS)
+def test_fp32_on_cpu_is_always_allowed(flags):
+    assert choose_precision("fp32", False, False, flags) == "fp32"
+
+
+@pytest.mark.parametrize("flags", NATIVE_BF16)
+def test_bf16_on_cpu_is_allowed_with_native_bf16(flags):
+    assert choose_precision("bf16", False, False, flags) == "bf16"
+
+
+@pytest.mark.parametrize("flags", NO_NATIVE_BF16)
+def test_bf16_on_cpu_without_native_bf16_names_the_key_and_the_missing_flags(flags):
+    with pytest.raises(PipelineError, match="story.train.precision=bf16") as error:
+        choose_precision("bf16", False, False, flags, "story.train.precision")
+    assert "avx512_bf16" in str(error.value) and "amx_bf16" in str(error.value)
+
+
+@pytest.mark.parametrize("flags", ALL_FLAG_SETS)
+def test_fp16_on_cpu_is_refused_with_the_reason(flags):
+    with pytest.raises(PipelineError, match="sentiment.train.precision=fp16 needs a CUDA GPU") as error:
+        choose_precision("fp16", False, False, flags, "sentiment.train.precision")
+    assert "loss scaling" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "requested,bf16,expected",
     [
-        ("auto", False, False, "fp32"),
-        ("auto", True, True, "bf16"),
-        ("auto", True, False, "fp16"),
-        ("fp32", True, True, "fp32"),
-        ("fp16", True, True, "fp16"),
-        ("bf16", True, True, "bf16"),
+        ("auto", True, "bf16"),
+        ("auto", False, "fp16"),
+        ("fp32", True, "fp32"),
+        ("fp32", False, "fp32"),
+        ("fp16", True, "fp16"),
+        ("fp16", False, "fp16"),
+        ("bf16", True, "bf16"),
     ],
 )
-def test_precision_choice(requested, cuda, bf16, expected):
-    assert choose_precision(requested, cuda, bf16) == expected
+@pytest.mark.parametrize("flags", [NO_FLAGS, BOTH])
+def test_precision_on_a_gpu_ignores_the_cpu_flags(requested, bf16, expected, flags):
+    assert choose_precision(requested, True, bf16, flags) == expected
 
 
-def test_half_precision_without_a_gpu_is_refused():
-    with pytest.raises(PipelineError, match="needs a CUDA GPU"):
-        choose_precision("bf16", cuda=False, bf16_supported=False)
-    with pytest.raises(PipelineError, match="no bf16 support"):
-        choose_precision("bf16", cuda=True, bf16_supported=False)
+@pytest.mark.parametrize("flags", [NO_FLAGS, BOTH])
+def test_bf16_on_a_gpu_without_it_is_refused(flags):
+    with pytest.raises(PipelineError, match="train.precision=bf16: this GPU has no bf16 support"):
+        choose_precision("bf16", True, False, flags)
+
+
+def test_bf16_flags_keep_their_order():
+    assert bf16_flags(BOTH) == ["avx512_bf16", "amx_bf16"]
+    assert bf16_flags(AMX_ONLY) == ["amx_bf16"] and bf16_flags(AVX512F) == []
+
+
+@pytest.mark.parametrize(
+    "flags,expected",
+    [(BOTH, ("bf16", "avx512_bf16, amx_bf16")), (AVX2, ("fp32", "none"))],
+)
+def test_device_precision_logs_the_choice_and_the_flags(monkeypatch, caplog, flags, expected):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(modeling, "cpu_flags", lambda: flags)
+    with caplog.at_level(logging.INFO, logger="textops.modeling"):
+        assert modeling.device_precision("auto", "sentiment.train.precision") == expected
+    precision, named = expected
+    assert f"sentiment.train.precision=auto: {precision} on cpu (cpu bf16 flags: {named})" in caplog.text
+
+
+def test_bf16_on_cpu_asks_the_trainer_for_the_cpu():
+    assert precision_args("bf16", cuda=False) == {"bf16": True, "fp16": False, "use_cpu": True}
+    assert precision_args("bf16", cuda=True) == {"bf16": True, "fp16": False}
+    assert precision_args("fp16", cuda=True) == {"bf16": False, "fp16": True}
+    assert precision_args("fp32", cuda=False) == {"bf16": False, "fp16": False}  # MPS on a Mac stays usable
+
+
+def test_bf16_trains_under_cpu_autocast(tmp_path, tiny_model_dir, monkeypatch):
+    """What the stages pass for bf16 on a CPU makes the Trainer run forward passes in bf16 (torch's CPU
+    autocast, through accelerate) while the weights stay fp32."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU the Trainer would train there")
+    # TrainingArguments(bf16=True) sets ACCELERATE_MIXED_PRECISION=bf16 for the whole process, and every later
+    # Trainer without bf16 or fp16 would train in bf16 too (measured); monkeypatch restores it afterwards.
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    torch.manual_seed(0)
+    model = modeling.load_classifier(str(tiny_model_dir), ["negative", "positive"])
+    dtypes = []
+    model.classifier.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    rows = [{"input_ids": torch.randint(5, 20, (8,)), "labels": torch.tensor(i % 2)} for i in range(24)]
+    args = TrainingArguments(
+        str(tmp_path),
+        max_steps=3,
+        per_device_train_batch_size=8,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        **precision_args("bf16", cuda=False),
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=rows)
+    result = trainer.train()
+    assert trainer.accelerator.mixed_precision == "bf16" and trainer.args.device.type == "cpu"
+    assert dtypes == [torch.bfloat16] * 3
+    assert next(model.parameters()).dtype == torch.float32
+    assert math.isfinite(result.training_loss) and trainer.state.global_step == 3
 
 
 @pytest.mark.gpu
@@ -39,9 +149,7 @@ def test_auto_precision_on_a_real_gpu():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from textops.modeling import device_precision
-
-    assert device_precision("auto") in ("bf16", "fp16")
+    assert modeling.device_precision("auto")[0] in ("bf16", "fp16")
 
 
 @pytest.mark.parametrize(

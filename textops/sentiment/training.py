@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from textops import distributed, lora
-from textops.modeling import device_precision, load_classifier, load_tokenizer
+from textops.modeling import device_precision, load_classifier, load_tokenizer, precision_args
 from textops.params import Params
 from textops.training import resume_from, save_model
 
@@ -177,6 +177,7 @@ def training_args(params: Params, checkpoints: Path, precision: str):
     from transformers import TrainingArguments
 
     t = params.sentiment.train
+    cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(checkpoints),
         seed=params.sentiment.seed,
@@ -190,8 +191,6 @@ def training_args(params: Params, checkpoints: Path, precision: str):
         max_grad_norm=t.max_grad_norm,
         optim=t.optimizer,
         group_by_length=t.group_by_length,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
         eval_strategy="steps",
         eval_steps=t.eval_steps,
         save_strategy="steps",
@@ -202,7 +201,8 @@ def training_args(params: Params, checkpoints: Path, precision: str):
         report_to=[],
         dataloader_num_workers=0,
         disable_tqdm=False,
-        **distributed.trainer_args(t.batch_size, "sentiment.train", torch.cuda.is_available()),
+        # `|`: both may set use_cpu (bf16 on the CPU; DDP on the CPU)
+        **(precision_args(precision, cuda) | distributed.trainer_args(t.batch_size, "sentiment.train", cuda)),
     )
 
 
@@ -212,7 +212,7 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path) -> dict
 
     if params.sentiment.train.num_threads:
         torch.set_num_threads(params.sentiment.train.num_threads)
-    precision = device_precision(params.sentiment.train.precision)
+    precision, cpu_bf16_flags = device_precision(params.sentiment.train.precision, "sentiment.train.precision")
     tokenizer = load_tokenizer(params.sentiment.model.name)
     # The Trainer seeds only once the model exists: the fresh head (and LoRA's A matrices) would start
     # from a different random draw in every process, and no two runs would agree.
@@ -259,6 +259,7 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path) -> dict
         "resumed_from_step": start_step,
         "train_rows": len(train_set),
         "precision": precision,
+        "cpu_bf16_flags": cpu_bf16_flags,
         "method": params.sentiment.train.method,
         **counts,
         "device": "cuda" if torch.cuda.is_available() else "cpu",

@@ -15,7 +15,7 @@ import pandas as pd
 
 from textops import distributed, lora
 from textops.errors import PipelineError
-from textops.modeling import device_precision
+from textops.modeling import device_precision, precision_args
 from textops.params import Params
 from textops.story.lm import build_model, eval_blocks, perplexity_of
 from textops.training import resume_from, save_model
@@ -122,6 +122,7 @@ def training_args(params: Params, checkpoints: Path, precision: str):
     from transformers import TrainingArguments
 
     s, t = params.story, params.story.train
+    cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(checkpoints),
         seed=s.seed,
@@ -138,8 +139,6 @@ def training_args(params: Params, checkpoints: Path, precision: str):
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr": t.min_learning_rate},
         max_grad_norm=t.max_grad_norm,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
         eval_strategy="steps",
         eval_steps=t.eval_steps,
         save_strategy="steps",
@@ -151,7 +150,8 @@ def training_args(params: Params, checkpoints: Path, precision: str):
         report_to=[],
         dataloader_num_workers=0,
         disable_tqdm=False,
-        **distributed.trainer_args(t.batch_size, "story.train", torch.cuda.is_available()),
+        # `|`: both may set use_cpu (bf16 on the CPU; DDP on the CPU)
+        **(precision_args(precision, cuda) | distributed.trainer_args(t.batch_size, "story.train", cuda)),
     )
 
 
@@ -169,7 +169,7 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path, windows
     s = params.story
     if s.train.num_threads:
         torch.set_num_threads(s.train.num_threads)
-    precision = device_precision(s.train.precision)
+    precision, cpu_bf16_flags = device_precision(s.train.precision, "story.train.precision")
     tokenizer = AutoTokenizer.from_pretrained(tokenized / "tokenizer")
     set_seed(s.seed)  # before the weights are drawn: the Trainer seeds only after the model exists
     model = load_model(params, tokenizer)
@@ -224,6 +224,7 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path, windows
         "context": s.model.context,
         "windows": windows,
         "precision": precision,
+        "cpu_bf16_flags": cpu_bf16_flags,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "torch_threads": torch.get_num_threads(),
     }
