@@ -155,8 +155,15 @@ async def explain_view(request: Request) -> HTMLResponse:
         classifier = bentoml.get_current_service().loaded.classifier
     except ServiceUnavailable as error:
         return HTMLResponse(str(error), status_code=503)
-    result = await run_in_threadpool(explaining.explain, classifier, text, SERVE.inference_batch_size)
+    result = await run_in_threadpool(explaining.explain, classifier, text, bucket(classifier))
     return HTMLResponse(explaining.html(result, text))
+
+
+def bucket(classifier) -> int:
+    """Texts per ONNX call within a gathered batch (length-sorted, tokenized in one call): serve.inference_batch_size
+    when the quantize stage measured the model batch-invariant (its manifest says so), else one, so that a text's
+    answer never depends on the requests batched with it."""
+    return SERVE.inference_batch_size if classifier.batch_invariant else 1
 
 
 ROUTES = [
@@ -183,14 +190,14 @@ class Sentiment(Hosted):
     def classify(self, texts: Texts) -> Annotated[list[Prediction], ContentType("application/json")]:
         """Label, its probability and every class's probability, for each text (one text is a list of one)."""
         loaded = self.loaded  # one model for the whole batch, even if a swap lands meanwhile
-        rows = loaded.classifier.classify(texts, batch_size=SERVE.inference_batch_size)
+        rows = loaded.classifier.classify(texts, batch_size=bucket(loaded.classifier))
         return [Prediction(**row) for row in rows]
 
     @bentoml.api
     def explain(self, texts: ExplainTexts) -> Annotated[list[Explanation], ContentType("application/json")]:
         """/classify's answer for each text plus a score per word: occlusion on the served model (docs/serving.md)."""
         classifier = self.loaded.classifier  # one model for the whole request
-        return [Explanation(**explaining.explain(classifier, t, SERVE.inference_batch_size)) for t in texts]
+        return [Explanation(**explaining.explain(classifier, t, bucket(classifier))) for t in texts]
 
 
 exposure.expose(Sentiment, SERVE, "sentiment.serve")

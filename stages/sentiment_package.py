@@ -33,7 +33,8 @@ def model_card(params: Params, reports: dict, git: dict, created: str) -> str:
             f"# {params.sentiment.package.model_name}",
             "",
             f"Sentiment classifier ({', '.join(params.sentiment.labels)}) fine-tuned from `{params.sentiment.model.name}`, exported to ONNX "
-            f"and quantized to INT8 (dynamic, `{q['quantization_config']}`, per-channel {q['per_channel']}).",
+            f"and quantized to INT8 (scheme `{q['scheme']}`: textops/quantization.py; batch-invariant: "
+            f"{'yes' if q['batch_invariant'] else 'no, served one text per call'}).",
             f"Created {created} from git commit `{git['commit']}`{' (uncommitted changes)' if git['dirty'] else ''}.",
             "",
             "## Data",
@@ -71,9 +72,20 @@ def model_card(params: Params, reports: dict, git: dict, created: str) -> str:
             f"{lat['pytorch_fp32_default_threads']['threads']} thread(s): p50 {lat['pytorch_fp32_default_threads']['p50']} "
             f"ms, INT8 speed-up {q['int8_speedup_vs_pytorch_default_threads_p50']}x.",
             "",
-            f"Label agreement INT8/FP32 {q['agreement']} (one text per call, as served; "
-            f"{q.get('agreement_batch_64', 'not measured')} in batches of 64), largest probability difference "
-            f"{q['max_prob_diff']}.",
+            f"Label agreement INT8/FP32 {q['agreement']} one text per call, "
+            f"{q.get('agreement_batch_64', 'not measured')} in batches of 64; largest probability difference "
+            f"{q['max_prob_diff']}; a text's probabilities alone against in batches: largest difference "
+            f"{max(q['invariance'].values())}.",
+            "",
+            "Other INT8 schemes measured on the same run (reports/quantize.json, `schemes`):",
+            "",
+            "| scheme | accuracy | agreement | invariance diff | size (MB) | p50 (ms) |",
+            "|---|---|---|---|---|---|",
+            *[
+                f"| {name} | {s['accuracy']} | {s['agreement']} | {max(s['invariance'].values())} | {s['size_mb']} | "
+                f"{s['latency_ms']['p50']} |"
+                for name, s in q["schemes"].items()
+            ],
             "",
             "## Params",
             "",
@@ -101,6 +113,7 @@ def evidence(task: str, reports: dict, git: dict) -> dict[str, str]:
         "fp32_accuracy": q["accuracy"]["pytorch_fp32"],
         "int8_accuracy_drop": q["accuracy_drop"],
         "int8_agreement": q["agreement"],
+        "int8_scheme": q["scheme"],
         "int8_gate": "passed",
         "latency_ms_p50": q["latency_ms"]["onnx_int8"]["p50"],
         "size_mb": q["size_mb"]["onnx_int8"],
@@ -132,6 +145,9 @@ def run(
             "labels": params.sentiment.labels,
             "max_length": params.sentiment.model.max_length,
             "data_hash": report_data["prepare"]["data_hash"],
+            "quantization_scheme": report_data["quantize"]["scheme"],
+            # measured by the quantize stage's invariance gate; the service batches texts only when true
+            "batch_invariant": report_data["quantize"]["batch_invariant"],
         }
         write_card_and_manifest(package, model_card(params, report_data, git, made["created"]), fields, made)
     register(

@@ -113,14 +113,50 @@ class EvaluateParams(Section):
     attention_sentences: list[str]
 
 
+# INT8 schemes, described in textops/quantization.py
+Scheme = Literal["dynamic", "static", "matmulnbits", "rowwise"]
+
+
+class StaticQuantParams(Section):
+    calibration_rows: int = Field(ge=1)  # a seeded sample of the train split (never eval)
+    method: Literal["minmax", "percentile", "entropy"]
+    percentile: float = Field(gt=50, le=100)  # method percentile only
+    # u8: uint8 activations, which onnxruntime fuses into QLinearMatMul on x86; s8: int8 (S8S8), left as
+    # DequantizeLinear + FP32 MatMul by onnxruntime 1.31 on x86 (16 ms a text against 2.6 ms: params.yaml)
+    activations: Literal["u8", "s8"]
+    op_types: list[str] = Field(min_length=1)
+    exclude_nodes: list[str]  # node-name regexes kept in FP32
+
+
+class MatMulNBitsParams(Section):
+    block_size: int = Field(ge=16)  # weights and the activations' row blocks; a power of two
+    exclude_nodes: list[str]
+
+
+class RowwiseParams(Section):
+    exclude_nodes: list[str]
+    embeddings: bool  # the embedding tables in INT8 too (a scale per row)
+
+
 class QuantizeParams(Section):
+    scheme: Scheme  # the packaged one
+    compare: list[Scheme]  # also built and reported beside it
+    # dynamic's settings: the CPU preset, per-channel weights, O1 fusions first, node regexes kept in FP32
     config: Literal["auto", "avx512_vnni", "avx512", "avx2", "arm64"]
     per_channel: bool
     optimize: bool  # ORT O1 graph optimization before quantizing
     # Regexes over ONNX node names kept in FP32 (see params.yaml for why).
     exclude_nodes: list[str]
+    static: StaticQuantParams
+    matmulnbits: MatMulNBitsParams
+    rowwise: RowwiseParams
     max_accuracy_drop: float = Field(ge=0, le=1)
     min_agreement: float = Field(ge=0, le=1)
+    # Batch invariance: a text's probabilities alone, in length-sorted batches and padded beside the longest texts
+    # differ by at most this (null: not gated; the service then runs one text per call)
+    max_invariance_diff: float | None = Field(ge=0)
+    batch_size: int = Field(ge=2)  # the batches of the invariance check, the agreement and speed in batches
+    invariance_texts: int = Field(ge=1)  # eval texts checked padded beside the longest ones
     onnx_threads: int = Field(ge=0)  # 0: onnxruntime's default (all cores)
     latency_requests: int = Field(ge=10)
     latency_warmup: int = Field(ge=0)
