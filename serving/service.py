@@ -190,7 +190,7 @@ class Sentiment(Hosted):
     def classify(self, texts: Texts) -> Annotated[list[Prediction], ContentType("application/json")]:
         """Label, its probability and every class's probability, for each text (one text is a list of one)."""
         loaded = self.loaded  # one model for the whole batch, even if a swap lands meanwhile
-        rows = loaded.classifier.classify(texts, batch_size=bucket(loaded.classifier))
+        rows = loaded.classifier.classify(texts, bucket(loaded.classifier), SERVE.max_padding)
         return [Prediction(**row) for row in rows]
 
     @bentoml.api

@@ -21,6 +21,26 @@ def length_batches(texts: list[str], batch_size: int):
         yield order[start : start + batch_size]
 
 
+def length_buckets(lengths: np.ndarray, size: int, max_padding: float | None = None) -> list[np.ndarray]:
+    """Indices sorted by length, cut into calls of at most `size`; with max_padding, also cut before a text that
+    would pad the call beyond that share of its real tokens (padded width x count > (1 + max_padding) x sum)."""
+    calls, current, total = [], [], 0
+    for i in np.argsort(lengths, kind="stable"):
+        longer = (
+            (len(current) + 1) * lengths[i] > (1 + max_padding) * (total + lengths[i])
+            if max_padding is not None
+            else False
+        )
+        if current and (len(current) == size or longer):
+            calls.append(np.array(current))
+            current, total = [], 0
+        current.append(i)
+        total += lengths[i]
+    if current:
+        calls.append(np.array(current))
+    return calls
+
+
 class TorchClassifier:
     def __init__(self, folder: Path | str, max_length: int):
         from transformers import AutoTokenizer
@@ -77,21 +97,20 @@ class OnnxClassifier:
         self.batch_invariant = bool(made.get("batch_invariant", False))
         self.pad_id = self.tokenizer.pad_token_id or 0
 
-    def predict_proba(self, texts: list[str], batch_size: int = 1) -> np.ndarray:
-        """Class probabilities, texts tokenized in one call and run in batches of `batch_size` texts of similar
-        token length (padding kept small). One text per ONNX call by default: dynamic INT8 quantizes a call's
-        activations with one scale for the whole call, so in a batch a text's label can depend on the texts
-        beside it (SST-2 dev, 20k-row model: 7 labels differ from FP32 one text at a time, 9 to 14 in
-        length-sorted batches of 8 to 64); batch-invariant models give the same answer either way."""
+    def predict_proba(self, texts: list[str], batch_size: int = 1, max_padding: float | None = None) -> np.ndarray:
+        """Class probabilities, texts tokenized in one call and run in calls of up to `batch_size` texts of similar
+        token length. With `max_padding`, a call takes the next (longer) text only while the padding stays
+        under that share of its tokens (on random SST-2 texts, calls of 16 padded to the longest cost 4.1 ms a
+        text, calls cut at 10 % padding 2.1, one text per call 2.3). One text per ONNX call by default: dynamic
+        INT8 quantizes a call's activations with one scale for the whole call, so in a batch a text's label can
+        depend on the texts beside it; batch-invariant models give the same answer either way."""
         probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
             return probs
         enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
         names = [k for k in enc if k in self.inputs]
         lengths = np.array([len(ids) for ids in enc["input_ids"]])
-        order = np.argsort(lengths, kind="stable")
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in length_buckets(lengths, batch_size, max_padding):
             width = int(lengths[idx].max())
             feed = {}
             for name in names:
@@ -102,9 +121,9 @@ class OnnxClassifier:
             probs[idx] = softmax(self.session.run(["logits"], feed)[0])
         return probs
 
-    def classify(self, texts: list[str], batch_size: int = 1) -> list[dict]:
+    def classify(self, texts: list[str], batch_size: int = 1, max_padding: float | None = None) -> list[dict]:
         """Label, its probability, and every class's probability, per text."""
-        probs = self.predict_proba(texts, batch_size)
+        probs = self.predict_proba(texts, batch_size, max_padding)
         return [
             {
                 "label": self.labels[int(p.argmax())],

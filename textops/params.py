@@ -235,6 +235,7 @@ class ServeParams(FollowParams):
     workers: int = Field(ge=1)  # service processes, each with its own batcher and ONNX session
     onnx_threads: int = Field(ge=0)  # intra-op threads per worker; 0: all cores
     inference_batch_size: int = Field(ge=1)  # texts per ONNX call within a gathered batch (length-sorted)
+    max_padding: float = Field(ge=0)  # a call takes a longer text only while padding stays under this share
     access_log: bool  # BentoML's per-request log line: ~2 ms of CPU per request here
     explain_max_items: int = Field(ge=1)  # texts in one /explain request
     explain_max_words: int = Field(ge=1)  # words per /explain text: it costs one model call per word

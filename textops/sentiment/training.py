@@ -40,8 +40,9 @@ def accuracy(eval_pred) -> dict:
     return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
 
 
-def fingerprint(params: Params, tokenized: Path) -> str:
-    """Checkpoints are only resumed when the data and every knob that shapes training match."""
+def fingerprint(params: Params, tokenized: Path, precision: str) -> str:
+    """Checkpoints are only resumed when the data and every knob that shapes training match, and the precision
+    `auto` resolved to here (a checkpoint from an fp32 machine is not resumed in bf16)."""
     digest = hashlib.sha256(
         json.dumps(
             [
@@ -49,6 +50,7 @@ def fingerprint(params: Params, tokenized: Path) -> str:
                 params.sentiment.labels,
                 params.sentiment.model.model_dump(),
                 params.sentiment.train.model_dump(),
+                precision,
             ],
             sort_keys=True,
         ).encode()
@@ -231,7 +233,7 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path) -> dict
         processing_class=tokenizer,
         compute_metrics=accuracy,
     )
-    resume = resume_from(checkpoints, fingerprint(params, tokenized))
+    resume = resume_from(checkpoints, fingerprint(params, tokenized, precision))
     start_step = int(resume.rsplit("-", 1)[-1]) if resume else 0
     log.info(
         "training %d rows on %s (%s)%s",

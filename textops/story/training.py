@@ -89,11 +89,12 @@ class EvalBlocks:
         return with_labels(self.blocks[i])
 
 
-def fingerprint(params: Params, tokenized: Path, windows: str) -> str:
-    """Checkpoints are only resumed when the tokens and every knob that shapes training match."""
+def fingerprint(params: Params, tokenized: Path, windows: str, precision: str) -> str:
+    """Checkpoints are only resumed when the tokens and every knob that shapes training match, and the precision
+    `auto` resolved to here."""
     s = params.story
     digest = hashlib.sha256(
-        json.dumps([s.seed, s.model.model_dump(), s.train.model_dump(), windows], sort_keys=True).encode()
+        json.dumps([s.seed, s.model.model_dump(), s.train.model_dump(), windows, precision], sort_keys=True).encode()
     )
     for name in ("train.npy", "eval.npy", "tokenizer/tokenizer.json"):
         if (tokenized / name).is_file():
@@ -184,7 +185,7 @@ def train(params: Params, tokenized: Path, out: Path, checkpoints: Path, windows
         data_collator=default_data_collator,
         callbacks=[epoch_setter(train_set)],
     )
-    resume = resume_from(checkpoints, fingerprint(params, tokenized, windows))
+    resume = resume_from(checkpoints, fingerprint(params, tokenized, windows, precision))
     start_step = int(resume.rsplit("-", 1)[-1]) if resume else 0
     log.info(
         "training %.2fM parameters (%d trainable) on %d tokens, %s windows of %d, %s (%s)%s",
