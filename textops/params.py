@@ -136,6 +136,7 @@ class MatMulNBitsParams(Section):
 class RowwiseParams(Section):
     exclude_nodes: list[str]
     embeddings: bool  # the embedding tables in INT8 too (a scale per row)
+    smooth: float | None = Field(ge=0, le=1)  # SmoothQuant's alpha from static.calibration_rows train texts; null: off
 
 
 class QuantizeParams(Section):

@@ -229,6 +229,8 @@ def rowwise(
     exclude_nodes: list[str] | None = None,
     embeddings: bool = True,
     symmetric: bool = True,
+    smooth: float | None = None,
+    calibration: tuple | None = None,
 ) -> list[str]:
     """INT8 with per-row activation scales, built from standard ONNX ops: every weight MatMul's input is quantized
     row by row (a token's values get their own scale, stored as uint8) and multiplied by per-channel INT8 weights
@@ -262,16 +264,25 @@ def rowwise(
         "rowwise.zero_point": np.array(128 if symmetric else 0, dtype=np.uint8),
     }
     graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    smoothing = smoothing_factors(fp32_file, targets, weights, smooth, *calibration) if smooth is not None else {}
     quantized: dict[str, tuple[str, str, str | None]] = {}  # activation -> (uint8 rows, row scales, zero points)
     new_nodes: dict[str, list] = {}  # MatMul name -> the nodes replacing it
     for node in targets:
         a, w = node.input
         nodes = new_nodes.setdefault(node.name, [])
         if a not in quantized:
-            made, *quantized[a] = row_quantizer(a, f"rowwise/{len(quantized)}/", symmetric)
+            p = f"rowwise/{len(quantized)}/"
+            source = a
+            if a in smoothing:  # the activation divided by its channels' factors, the weights multiplied by them
+                graph.initializer.append(numpy_helper.from_array((1 / smoothing[a]).astype(np.float32), p + "smooth"))
+                nodes.append(helper.make_node("Mul", [a, p + "smooth"], [p + "smoothed"]))
+                source = p + "smoothed"
+            made, *quantized[a] = row_quantizer(source, p, symmetric)
             nodes += made
         q, scale, neg_zero = quantized[a]
         fw = numpy_helper.to_array(weights[w]).astype(np.float32)
+        if a in smoothing:
+            fw = fw * smoothing[a][:, None]
         w_scale = np.maximum(np.abs(fw).max(axis=0), 1e-12) / 127
         qw = np.clip(np.round(fw / w_scale), -127, 127).astype(np.int8)
         graph.initializer.append(numpy_helper.from_array(qw, w + ".int8"))
@@ -302,6 +313,38 @@ def rowwise(
     drop_unused_initializers(graph)
     onnx.save(model, str(out_file))
     return excluded
+
+
+def smoothing_factors(fp32_file: Path, targets: list, weights: dict, alpha: float, tokenizer, texts, max_length):
+    """SmoothQuant's per-input-channel factors for each quantized activation: s = max|A_k|^alpha / max|W_k|^(1-alpha),
+    from the activations of calibration texts (train split) and every weight that reads them. Dividing the
+    activation's channels by s and multiplying the weights' rows by s leaves the product unchanged and moves
+    the activations' outlier channels into the weights, where per-channel scales absorb them. The factors are
+    constants, so the model stays batch-invariant."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    consumers: dict[str, list[np.ndarray]] = {}
+    for node in targets:
+        consumers.setdefault(node.input[0], []).append(numpy_helper.to_array(weights[node.input[1]]))
+    model = onnx.load(str(fp32_file))
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in consumers)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    amax = {name: np.zeros(ws[0].shape[0], dtype=np.float32) for name, ws in consumers.items()}
+    for text in texts:
+        enc = tokenizer([text], truncation=True, max_length=max_length, return_tensors="np")
+        outs = session.run(list(consumers), {k: v.astype(np.int64) for k, v in enc.items() if k in names})
+        for name, value in zip(consumers, outs, strict=True):
+            amax[name] = np.maximum(amax[name], np.abs(value).reshape(-1, value.shape[-1]).max(axis=0))
+    factors = {}
+    for name, ws in consumers.items():
+        wmax = np.max([np.abs(w).max(axis=1) for w in ws], axis=0)
+        factors[name] = np.clip(
+            np.maximum(amax[name], 1e-5) ** alpha / np.maximum(wmax, 1e-5) ** (1 - alpha), 1e-2, 1e2
+        )
+    return factors
 
 
 def drop_unused_initializers(graph) -> None:
@@ -372,4 +415,11 @@ def build(scheme: str, fp32: Path, out: Path, q, tokenizer, calibration: list[st
         )
     if scheme == "matmulnbits":
         return matmul_nbits(source, target, q.matmulnbits.block_size, q.matmulnbits.exclude_nodes)
-    return rowwise(source, target, q.rowwise.exclude_nodes, q.rowwise.embeddings)
+    return rowwise(
+        source,
+        target,
+        q.rowwise.exclude_nodes,
+        q.rowwise.embeddings,
+        smooth=q.rowwise.smooth,
+        calibration=(tokenizer, calibration, max_length),
+    )
