@@ -2,7 +2,7 @@
 
 In:  --model (train's out), --prepared/{train,eval}.parquet (train: calibration texts for static INT8; eval: all figures).
 Out: --fp32 (model.onnx + tokenizer), --int8 (model_quantized.onnx, the packaged scheme, + tokenizer),
-     --report-file: for every scheme (sentiment.quantize.scheme and .compare, textops/quantization.py) its accuracy,
+     --report-file: for every scheme (sentiment.quantize.compare, and .scheme when named; textops/quantization.py) its accuracy,
      label agreement with PyTorch FP32 one text per call and in length-sorted batches, largest probability
      difference, batch invariance (largest difference of a text's probabilities alone, in length-sorted batches,
      padded beside the longest texts), size, single-request p50/p99 and batch p50/p99, all ONNX models measured
@@ -11,7 +11,8 @@ Out: --fp32 (model.onnx + tokenizer), --int8 (model_quantized.onnx, the packaged
      scheme's. --metrics: the report's headline numbers (dvc metrics show).
 Params: sentiment.seed, sentiment.model.max_length, sentiment.quantize.*.
 Gate (the packaged scheme): accuracy drop over max_accuracy_drop, agreement alone or in batches under
-min_agreement, or an invariance difference over max_invariance_diff.
+min_agreement, or an invariance difference over max_invariance_diff. With scheme auto the stage packages the fastest
+scheme of `compare` that passes, and fails only when none does.
 """
 
 from __future__ import annotations
@@ -52,16 +53,18 @@ def latency_ms(
         inputs = [ordered[i * batch : (i + 1) * batch] for i in range(requests)]
     else:
         inputs = [[texts[i % len(texts)]] for i in range(max(requests, warmup))]
+    # single requests call predict(texts), batches predict(texts, batch)
+    call = (lambda predict, x: predict(x, batch)) if batch > 1 else (lambda predict, x: predict(x))
     for predict in predictors.values():
         for i in range(warmup):
-            predict(inputs[i % len(inputs)], batch)
+            call(predict, inputs[i % len(inputs)])
     timings = {name: [] for name in predictors}
     for start in range(0, requests, block):
         for name, predict in predictors.items():
-            predict(inputs[start % len(inputs)], batch)  # untimed: brings this model's weights back into the caches
+            call(predict, inputs[start % len(inputs)])  # untimed: brings this model's weights back into the caches
             for i in range(start, min(start + block, requests)):
                 started = time.perf_counter()
-                predict(inputs[i % len(inputs)], batch)
+                call(predict, inputs[i % len(inputs)])
                 timings[name].append((time.perf_counter() - started) * 1000)
     return {
         name: {"p50": round(float(np.percentile(t, 50)), 3), "p99": round(float(np.percentile(t, 99)), 3)}
@@ -107,7 +110,7 @@ def scheme_figures(probs: dict, torch_probs: np.ndarray, labels: np.ndarray, inv
     }
 
 
-def gate(figures: dict, max_drop: float, min_agreement: float, max_invariance: float | None) -> list[str]:
+def gate(figures: dict, max_drop: float, min_agreement: float, max_invariance: float | None = None) -> list[str]:
     """The packaged scheme's problems, named by the param each one breaks."""
     problems = []
     if figures["accuracy_drop"] > max_drop:
@@ -123,13 +126,21 @@ def gate(figures: dict, max_drop: float, min_agreement: float, max_invariance: f
                 f"INT8 and FP32 agree on {value:.2%} of eval labels ({where}), under "
                 f"sentiment.quantize.min_agreement={min_agreement}"
             )
-    worst = max(figures["invariance"]["length_sorted"], figures["invariance"]["padded"])
+    worst = max(figures["invariance"].values()) if max_invariance is not None else 0.0
     if max_invariance is not None and worst > max_invariance:
         problems.append(
             f"a text's probabilities change by up to {worst:.2g} with the texts batched beside it, over "
             f"sentiment.quantize.max_invariance_diff={max_invariance} (dynamic INT8 is never batch-invariant)"
         )
     return problems
+
+
+def choose(requested: str, problems: dict[str, list[str]], p50: dict[str, float]) -> str:
+    """The scheme to package: the one params name, or with auto the fastest single request among those that pass
+    their gates; when none passes, the one with the fewest problems (then the fastest), which the gate then fails."""
+    if requested != "auto":
+        return requested
+    return min(problems, key=lambda name: (len(problems[name]), p50[name]))
 
 
 def headline(report: dict) -> dict:
@@ -163,7 +174,7 @@ def run(params: Params, model: Path, prepared: Path, fp32: Path, int8: Path, met
     from transformers import AutoTokenizer
 
     q, max_length = params.sentiment.quantize, params.sentiment.model.max_length
-    schemes = [q.scheme, *[s for s in dict.fromkeys(q.compare) if s != q.scheme]]
+    schemes = list(dict.fromkeys(q.compare if q.scheme == "auto" else [q.scheme, *q.compare]))
     frame = pd.read_parquet(prepared / "eval.parquet")
     texts = list(frame["text"])
     labels = np.array([params.sentiment.labels.index(y) for y in frame["label"]])
@@ -178,8 +189,6 @@ def run(params: Params, model: Path, prepared: Path, fp32: Path, int8: Path, met
             excluded[name] = build(name, fp32_tmp, Path(scratch) / name, q, tokenizer, calibration, max_length)
             built[name] = Path(scratch) / name
             log.info("%s INT8 built in %.1f s", name, time.perf_counter() - started)
-        copy_side_files(built[q.scheme], int8_tmp)
-        (int8_tmp / INT8_FILE).write_bytes((built[q.scheme] / INT8_FILE).read_bytes())
 
         torch_model = TorchClassifier(model, max_length)
         onnx = {"onnx_fp32": OnnxClassifier(fp32_tmp, "model.onnx", max_length, q.onnx_threads)}
@@ -199,7 +208,13 @@ def run(params: Params, model: Path, prepared: Path, fp32: Path, int8: Path, met
             "onnx_fp32": (fp32_tmp / "model.onnx").stat().st_size,
             **{f"int8_{n}": (built[n] / INT8_FILE).stat().st_size for n in schemes},
         }
-    packaged = figures[f"int8_{q.scheme}"]
+        problems = {
+            n: gate(figures[f"int8_{n}"], q.max_accuracy_drop, q.min_agreement, q.max_invariance_diff) for n in schemes
+        }
+        chosen = choose(q.scheme, problems, {n: single[f"int8_{n}"]["p50"] for n in schemes})
+        copy_side_files(built[chosen], int8_tmp)
+        (int8_tmp / INT8_FILE).write_bytes((built[chosen] / INT8_FILE).read_bytes())
+    packaged = figures[f"int8_{chosen}"]
     report = {
         "accuracy": {
             "pytorch_fp32": round(float((torch_probs.argmax(1) == labels).mean()), 4),
@@ -208,21 +223,22 @@ def run(params: Params, model: Path, prepared: Path, fp32: Path, int8: Path, met
         },
         **{k: v for k, v in packaged.items() if k != "accuracy"},
         "onnx_fp32_max_prob_diff": round(figures["onnx_fp32"]["max_prob_diff"], 5),
-        "scheme": q.scheme,
+        "scheme": chosen,
+        "scheme_param": q.scheme,
         "batch_invariant": max(packaged["invariance"].values()) <= (q.max_invariance_diff or 0.0),
         "examples": len(texts),
-        "excluded_nodes": len(excluded[q.scheme]),
+        "excluded_nodes": len(excluded[chosen]),
         "onnx_threads": q.onnx_threads,
         "size_mb": {
             "pytorch_fp32": round(sizes["pytorch_fp32"] / 2**20, 2),
             "onnx_fp32": round(sizes["onnx_fp32"] / 2**20, 2),
-            "onnx_int8": round(sizes[f"int8_{q.scheme}"] / 2**20, 2),
+            "onnx_int8": round(sizes[f"int8_{chosen}"] / 2**20, 2),
         },
-        "int8_size_ratio": round(sizes[f"int8_{q.scheme}"] / sizes["onnx_fp32"], 4),
+        "int8_size_ratio": round(sizes[f"int8_{chosen}"] / sizes["onnx_fp32"], 4),
         "latency_ms": {
             "pytorch_fp32": single["pytorch_fp32"],
             "onnx_fp32": single["onnx_fp32"],
-            "onnx_int8": single[f"int8_{q.scheme}"],
+            "onnx_int8": single[f"int8_{chosen}"],
             "pytorch_fp32_default_threads": single["pytorch_fp32_default_threads"],
         },
     }
@@ -245,13 +261,14 @@ def run(params: Params, model: Path, prepared: Path, fp32: Path, int8: Path, met
     }
     cli.write_results(report_file, metrics, report, headline(report))
     log.info("%s", report)
-    problems = report["schemes"][q.scheme]["gate"]
+    failed = problems[chosen]
     tracker = ModelRun(params.sentiment.tracking.enabled, params.sentiment.tracking.experiment).reopen(model)
     tracker.log_metrics(numeric("quantize", report))
     tracker.log_artifact(report_file, "reports")
-    tracker.set_tags({"int8_gate": "failed" if problems else "passed", "int8_scheme": q.scheme})
-    if problems:
-        raise GateFailed(f"quantization gate failed ({q.scheme} INT8):\n  - " + "\n  - ".join(problems))
+    tracker.set_tags({"int8_gate": "failed" if failed else "passed", "int8_scheme": chosen})
+    if failed:
+        others = "" if q.scheme != "auto" else f" (scheme auto: none of {', '.join(schemes)} passed; the closest)"
+        raise GateFailed(f"quantization gate failed ({chosen} INT8{others}):\n  - " + "\n  - ".join(failed))
 
 
 def main(argv=None) -> int:

@@ -131,6 +131,7 @@ class StaticQuantParams(Section):
 class MatMulNBitsParams(Section):
     block_size: int = Field(ge=16)  # weights and the activations' row blocks; a power of two
     exclude_nodes: list[str]
+    embeddings: bool  # the embedding tables in INT8 too (a scale per row)
 
 
 class RowwiseParams(Section):
@@ -140,8 +141,9 @@ class RowwiseParams(Section):
 
 
 class QuantizeParams(Section):
-    scheme: Scheme  # the packaged one
-    compare: list[Scheme]  # also built and reported beside it
+    # the packaged one; auto: the fastest (single-request p50) of `compare` that passes the gates on this run
+    scheme: Literal["auto", "dynamic", "static", "matmulnbits", "rowwise"]
+    compare: list[Scheme] = Field(min_length=1)  # also built and reported beside it
     # dynamic's settings: the CPU preset, per-channel weights, O1 fusions first, node regexes kept in FP32
     config: Literal["auto", "avx512_vnni", "avx512", "avx2", "arm64"]
     per_channel: bool

@@ -129,9 +129,10 @@ def matmul_nbits(
     exclude_nodes: list[str] | None = None,
     bits: int = 8,
     accuracy_level: int = 4,
+    embeddings: bool = True,
 ) -> list[str]:
     """8-bit blockwise weights (MatMulNBits, accuracy_level 4: activations quantized per row and block), and the
-    embedding tables (Gather, half the file) in INT8 with per-row dequantization at lookup."""
+    embedding tables (half the file) in INT8 with a scale per row (embeddings_int8)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
@@ -155,6 +156,9 @@ def matmul_nbits(
         op_types_to_quantize=("MatMul",),
     )
     quantizer.process()
+    if embeddings:
+        embeddings_int8(quantizer.model.model)
+        drop_unused_initializers(quantizer.model.model.graph)
     quantizer.model.save_model_to_file(str(out_file), False)
     return excluded
 
@@ -414,7 +418,8 @@ def build(scheme: str, fp32: Path, out: Path, q, tokenizer, calibration: list[st
             s.activations,
         )
     if scheme == "matmulnbits":
-        return matmul_nbits(source, target, q.matmulnbits.block_size, q.matmulnbits.exclude_nodes)
+        m = q.matmulnbits
+        return matmul_nbits(source, target, m.block_size, m.exclude_nodes, embeddings=m.embeddings)
     return rowwise(
         source,
         target,

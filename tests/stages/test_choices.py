@@ -137,11 +137,18 @@ def test_bf16_trains_under_cpu_autocast(tmp_path, tiny_model_dir, monkeypatch):
         **precision_args("bf16", cuda=False),
     )
     trainer = Trainer(model=model, args=args, train_dataset=rows)
-    result = trainer.train()
-    assert trainer.accelerator.mixed_precision == "bf16" and trainer.args.device.type == "cpu"
-    assert dtypes == [torch.bfloat16] * 3
-    assert next(model.parameters()).dtype == torch.float32
-    assert math.isfinite(result.training_loss) and trainer.state.global_step == 3
+    from accelerate.state import AcceleratorState
+
+    try:
+        result = trainer.train()
+        assert trainer.accelerator.mixed_precision == "bf16" and trainer.args.device.type == "cpu"
+        assert dtypes == [torch.bfloat16] * 3
+        assert next(model.parameters()).dtype == torch.float32
+        assert math.isfinite(result.training_loss) and trainer.state.global_step == 3
+    finally:
+        # accelerate also keeps the mixed precision in a process-wide singleton: a later Trainer in this test
+        # process (test_lora's, in fp32) ran its forward passes in bf16 until it was reset.
+        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 @pytest.mark.gpu

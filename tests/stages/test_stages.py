@@ -133,3 +133,16 @@ def test_metrics_files_hold_the_headline_of_each_report(pipeline):
         assert 1 <= len(numbers) <= 5, (step, numbers)
         assert all(isinstance(v, (int, float)) for v in numbers.values()), (step, numbers)
         assert set(map(repr, numbers.values())) <= report_values[step], step
+
+
+def test_quantize_auto_packages_the_fastest_scheme_that_passes():
+    from stages.sentiment_quantize import choose
+
+    problems = {"rowwise": [], "matmulnbits": [], "dynamic": ["not batch-invariant"], "static": ["agreement"]}
+    p50 = {"rowwise": 2.5, "matmulnbits": 5.2, "dynamic": 2.2, "static": 2.4}
+    assert choose("auto", problems, p50) == "rowwise"  # dynamic and static are faster but fail their gates
+    assert choose("auto", {**problems, "rowwise": ["agreement 98.97 %"]}, p50) == "matmulnbits"
+    assert choose("matmulnbits", problems, p50) == "matmulnbits"  # a named scheme is packaged as named
+    assert choose("static", problems, p50) == "static"  # ... and its gate then fails the stage
+    nothing = {"rowwise": ["a", "b"], "dynamic": ["c"], "static": ["d"]}
+    assert choose("auto", nothing, p50) == "dynamic"  # none passes: the fewest problems, then the fastest
