@@ -140,6 +140,19 @@ def device_precision(requested: str, key: str = "train.precision") -> tuple[str,
     return precision, native
 
 
+def reset_mixed_precision(precision: str) -> None:
+    """Make this process's next Trainer train in `precision`. TrainingArguments(bf16=True) sets
+    ACCELERATE_MIXED_PRECISION for the whole process and accelerate keeps it in a singleton state, so a later
+    fp32 Trainer in the same process (a test, a notebook, a flow running stages in process) ran its forward
+    passes in bf16 (measured: a LoRA merge check off by 3e-3). Called before TrainingArguments is built."""
+    import os
+
+    from accelerate.state import AcceleratorState
+
+    os.environ["ACCELERATE_MIXED_PRECISION"] = precision if precision in ("bf16", "fp16") else "no"
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def precision_args(precision: str, cuda: bool) -> dict:
     """TrainingArguments for `precision`. bf16 without a GPU needs use_cpu: otherwise TrainingArguments looks
     for a bf16 GPU and refuses ("Your setup doesn't support bf16/gpu", transformers 4.57). With it, accelerate

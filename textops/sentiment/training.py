@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from textops import distributed, lora
-from textops.modeling import device_precision, load_classifier, load_tokenizer, precision_args
+from textops.modeling import device_precision, load_classifier, load_tokenizer, precision_args, reset_mixed_precision
 from textops.params import Params
 from textops.training import resume_from, save_model
 
@@ -180,6 +180,7 @@ def training_args(params: Params, checkpoints: Path, precision: str):
 
     t = params.sentiment.train
     cuda = torch.cuda.is_available()
+    reset_mixed_precision(precision)
     return TrainingArguments(
         output_dir=str(checkpoints),
         seed=params.sentiment.seed,

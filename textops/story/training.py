@@ -15,7 +15,7 @@ import pandas as pd
 
 from textops import distributed, lora
 from textops.errors import PipelineError
-from textops.modeling import device_precision, precision_args
+from textops.modeling import device_precision, precision_args, reset_mixed_precision
 from textops.params import Params
 from textops.story.lm import build_model, eval_blocks, perplexity_of
 from textops.training import resume_from, save_model
@@ -124,6 +124,7 @@ def training_args(params: Params, checkpoints: Path, precision: str):
 
     s, t = params.story, params.story.train
     cuda = torch.cuda.is_available()
+    reset_mixed_precision(precision)
     return TrainingArguments(
         output_dir=str(checkpoints),
         seed=s.seed,
