@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
@@ -136,6 +137,22 @@ def after(seconds: float) -> Callable[[Path, float], bool]:
     return lambda repo, elapsed: elapsed >= seconds
 
 
+class StageRunning:
+    """The moment the stage's own process (`python -m stages...`, under DVC and its shell) has run `seconds`: in
+    its imports or its training. A fixed time after `dvc repro` started is not that moment: on a fast CPU the tiny
+    stage had finished, and DVC was recording it, 5 s in."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, repo: Path, elapsed: float) -> bool:
+        for proc in psutil.process_iter(["cmdline", "create_time", "cwd"]):
+            cmdline, cwd = proc.info["cmdline"] or [], proc.info["cwd"]
+            if cwd == str(repo) and cmdline[1:3] == ["-m", f"stages.{STAGE}"]:
+                return time.time() - proc.info["create_time"] >= self.seconds
+        return False
+
+
 class FirstModelFile:
     """The moment the first file of the new model lands, in the out or in a new temporary. DVC removes the old
     model before it runs the stage, so once it is gone, a file there is the new model's."""
@@ -194,7 +211,7 @@ def test_a_stage_killed_while_writing_leaves_no_output_dvc_calls_current(workspa
     params["sentiment"]["train"]["learning_rate"] = 2e-3  # the stage must rerun (and DVC's run cache lacks it)
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    moments = {"1 s in": after(1.0), "5 s in": after(5.0), "first model file": FirstModelFile()}
+    moments = {"1 s in": after(1.0), "stage running 2 s": StageRunning(2.0), "first model file": FirstModelFile()}
     for when, moment in moments.items():
         repro_killed(workspace, moment)
         changed = status(workspace, STAGE, "--with-deps")
