@@ -5,6 +5,7 @@ sentiment task (tests/pipelines/test_overlap_and_stop.py's workspace)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import prefect_server
+import psutil
 import pytest
 from test_overlap_and_stop import workspace  # noqa: F401 - the same tiny workspace, built again for this module
 
@@ -87,19 +89,38 @@ def test_queued_experiments_run_two_at_a_time_each_tracked(workspace):  # noqa: 
             text=True,
         )
         assert queued.returncode == 0, queued.stderr
-    started = subprocess.run(
-        ["dvc", "queue", "start", "-j", "2"], cwd=workspace, env=env, capture_output=True, text=True
-    )
-    assert started.returncode == 0, started.stderr
+    # `dvc queue start` leaves a daemon behind that inherits its stdout and stderr: captured to pipes, they never
+    # close and run() waits forever (seen in CI). A file does not wait for it.
+    with (workspace / "queue-start.log").open("w+") as log:
+        started = subprocess.run(
+            ["dvc", "queue", "start", "-j", "2"], cwd=workspace, env=env, stdout=log, stderr=log, timeout=120
+        )
+        log.seek(0)
+        assert started.returncode == 0, log.read()
+    try:
+        check_queued_runs(workspace, env, names)
+    finally:  # nothing left running: the workers, and the daemon that started them (a worker idle after the
+        # queue emptied was once seen not to exit: whatever still runs in the workspace is killed)
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=workspace, env=env, capture_output=True, timeout=120)
+        kill_processes_in(workspace)
 
+
+def kill_processes_in(folder: Path) -> None:
+    for proc in psutil.process_iter(["cwd"]):
+        if proc.info["cwd"] and Path(proc.info["cwd"]).is_relative_to(folder):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+
+
+def check_queued_runs(repo: Path, env: dict[str, str], names: dict[str, str]) -> None:
     def finished() -> str | None:
-        shown = subprocess.run(["dvc", "queue", "status"], cwd=workspace, env=env, capture_output=True, text=True)
+        shown = subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True)
         rows = [line for line in shown.stdout.splitlines() if any(n in line for n in names)]
         return shown.stdout if len(rows) == 2 and all(("Success" in r or "Failed" in r) for r in rows) else None
 
     status = wait_for("both queued experiments", finished, 600)
     logs = {
-        n: subprocess.run(["dvc", "queue", "logs", n], cwd=workspace, env=env, capture_output=True, text=True).stdout
+        n: subprocess.run(["dvc", "queue", "logs", n], cwd=repo, env=env, capture_output=True, text=True).stdout
         for n in names
     }
     assert status.count("Success") >= 2, status + "\n".join(f"--- {n}:\n{log[-3000:]}" for n, log in logs.items())
@@ -110,10 +131,9 @@ def test_queued_experiments_run_two_at_a_time_each_tracked(workspace):  # noqa: 
     )
     tags = subprocess.run(
         [sys.executable, "-c", query],
-        cwd=workspace,
-        env={**env, "PYTHONPATH": str(workspace)},
+        cwd=repo,
+        env={**env, "PYTHONPATH": str(repo)},
         capture_output=True,
         text=True,
     )
     assert set(names) <= set(json.loads(tags.stdout.splitlines()[-1])), tags.stdout + tags.stderr
-    subprocess.run(["dvc", "queue", "stop"], cwd=workspace, env=env, capture_output=True)
