@@ -189,6 +189,16 @@ def test_int8_gate_names_the_params_keys():
     assert "quantize.max_accuracy_drop=0.005" in problems[0] and "quantize.min_agreement=0.99" in problems[1]
 
 
+def test_int8_gate_reports_the_largest_probability_change_and_the_labels_it_flips():
+    invariant = {**report(0.90, 0.899, 0.995), "invariance": {"length_sorted": 0.0, "padded": 0.0, "labels_changed": 0}}
+    assert gate(invariant, 0.005, 0.99, max_invariance=1e-4) == []
+    moved = {**invariant, "invariance": {"length_sorted": 0.095, "padded": 0.12, "labels_changed": 2}}
+    (problem,) = gate(moved, 0.005, 0.99, max_invariance=1e-4)
+    assert "up to 0.12 " in problem and "(2 eval labels change)" in problem  # not the count as a difference
+    assert "quantize.max_invariance_diff=0.0001" in problem
+    assert gate(moved, 0.005, 0.99) == []  # no invariance gate asked
+
+
 def test_model_source_resolution(tmp_path, tiny_model_dir):
     assert resolve_model(str(tiny_model_dir)) == str(tiny_model_dir)
     assert (
