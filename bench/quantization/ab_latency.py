@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+
+from bench.quantization.op_profile import eval_texts
 
 
 def session(onnx_file: Path):
@@ -25,13 +26,18 @@ def session(onnx_file: Path):
     return ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
 
 
+def score(run, tokenizer, text: str, names: set[str]) -> np.ndarray:
+    """One text alone, tokenized as the service's single requests are: its logits."""
+    enc = tokenizer([text], return_tensors="np")
+    return run(None, {k: v.astype(np.int64) for k, v in enc.items() if k in names})[0]
+
+
 def request_ms(run, tokenizer, texts: list[str], names: set[str]) -> np.ndarray:
-    """Each text alone, tokenization included, as the service's single requests."""
+    """Each text alone, tokenization included."""
     times = []
     for text in texts:
         started = time.perf_counter()
-        enc = tokenizer([text], return_tensors="np")
-        run(None, {k: v.astype(np.int64) for k, v in enc.items() if k in names})
+        score(run, tokenizer, text, names)
         times.append(time.perf_counter() - started)
     return np.array(times) * 1000
 
@@ -46,24 +52,11 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    frame = pd.read_parquet(args.eval)
-    if "text" not in frame:
-        raise SystemExit(f"{args.eval}: no `text` column (columns: {list(frame)}); pass prepared/eval.parquet")
-    texts = frame["text"].astype(str).tolist()
+    texts = eval_texts(args.eval)
     tokenizer = AutoTokenizer.from_pretrained(args.package)
     sessions = {m: session(m) for m in args.models}
     names = {i.name for i in next(iter(sessions.values())).get_inputs()}
-    logits = {
-        m: np.concatenate(
-            [
-                s.run(
-                    None, {k: v.astype(np.int64) for k, v in tokenizer([t], return_tensors="np").items() if k in names}
-                )[0]
-                for t in texts
-            ]
-        )
-        for m, s in sessions.items()
-    }
+    logits = {m: np.concatenate([score(s.run, tokenizer, t, names) for t in texts]) for m, s in sessions.items()}
     first = args.models[0]
     p50s: dict[Path, list[float]] = {m: [] for m in args.models}
     print(f"{len(texts)} texts, one per call, one thread; repeats alternate the files\n")

@@ -17,6 +17,16 @@ import pandas as pd
 from bench.quantization.int8_variants import op_profile
 
 
+def eval_texts(path: Path) -> list[str]:
+    """The texts of a prepared eval split, or a clear error for any other file."""
+    if path.suffix != ".parquet" or not path.is_file():
+        raise SystemExit(f"{path}: not a parquet file; pass <run>/outputs/sentiment/prepared/eval.parquet")
+    frame = pd.read_parquet(path)
+    if "text" not in frame:
+        raise SystemExit(f"{path}: no `text` column (columns: {list(frame)}); pass prepared/eval.parquet")
+    return frame["text"].astype(str).tolist()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--package", type=Path, required=True, help="a package folder: model.onnx and its tokenizer")
@@ -28,10 +38,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    frame = pd.read_parquet(args.eval)
-    if "text" not in frame:
-        raise SystemExit(f"{args.eval}: no `text` column (columns: {list(frame)}); pass prepared/eval.parquet")
-    texts = frame["text"].astype(str).tolist()[: args.texts]
+    texts = eval_texts(args.eval)[: args.texts]
     tokenizer = AutoTokenizer.from_pretrained(args.package)
     models = {"packaged": args.package / "model.onnx", **({"fp32": args.fp32} if args.fp32 else {})}
     with tempfile.TemporaryDirectory() as work:  # the profiler's JSON files land beside the model: not in the run
