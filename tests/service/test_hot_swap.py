@@ -193,4 +193,7 @@ def test_a_champion_moved_by_hand_is_followed_and_logged_by_the_service(on_v1, e
         assert time.monotonic() < deadline, f"no manual move in the audit log; server log:\n{on_v1.output()[-3000:]}"
         time.sleep(0.2)
     assert (manual[-1]["alias"], manual[-1]["from"], manual[-1]["to"]) == ("champion", "1", "2")
-    assert registry.version_of(NAME, registry.PREVIOUS) == "1"  # so rollback returns to the replaced version
+    # reconcile logs the champion, then moves previous, under the lock: read as rollback does, under it too
+    # (read between the two writes, previous was still the v2 an earlier test had left there).
+    with registry.promotion_lock(NAME):
+        assert registry.version_of(NAME, registry.PREVIOUS) == "1"  # so rollback returns to the replaced version
