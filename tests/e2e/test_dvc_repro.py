@@ -243,3 +243,32 @@ def test_a_colleague_pulls_and_has_nothing_to_reproduce(repo, first, tmp_path):
     assert pulled.returncode == 0, pulled.stdout[-2000:] + pulled.stderr[-2000:]
     again = run(["dvc", "repro"], clone)
     assert again.returncode == 0 and ran(again) == [], again.stdout[-3000:]
+
+
+def test_an_experiment_is_shared_through_the_git_remote_and_the_bucket(repo, first, tmp_path):
+    """docs/team.md: `dvc exp push origin <exp>` sends the experiment's commit to the git remote and its outputs to
+    the DVC remote (`team`, the bucket); a colleague's clone `dvc exp pull`s it, and `dvc exp apply` gives them its
+    params and outputs with nothing to reproduce. The last test here: the experiment stays in the workspace."""
+    if subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout:
+        git_commit_all(repo, "ran")  # unless the colleague's test above committed the run already
+    origin = tmp_path / "origin.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(origin)], check=True)
+    name, model_name = "shared-exp", "sentiment-shared-exp"
+    exp = run(["dvc", "exp", "run", "-n", name, "-S", f"sentiment.package.model_name={model_name}"], repo)
+    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+    assert ran(exp) == ["sentiment_package"], exp.stdout[-3000:]
+    pushed = run(["dvc", "exp", "push", str(origin), name], repo)
+    assert pushed.returncode == 0, pushed.stdout[-2000:] + pushed.stderr[-2000:]
+
+    clone = tmp_path / "colleague"
+    subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True)
+    pulled = run(["dvc", "exp", "pull", "origin", name], clone)
+    assert pulled.returncode == 0, pulled.stdout[-2000:] + pulled.stderr[-2000:]
+    applied = run(["dvc", "exp", "apply", name], clone)
+    assert applied.returncode == 0, applied.stdout[-2000:] + applied.stderr[-2000:]
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    assert params["sentiment"]["package"]["model_name"] == model_name
+    manifest = "outputs/sentiment/package/manifest.json"
+    assert (clone / manifest).read_text() == (repo / manifest).read_text()
+    again = run(["dvc", "repro"], clone)
+    assert again.returncode == 0 and ran(again) == [], again.stdout[-3000:]
